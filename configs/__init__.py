@@ -1,0 +1,1 @@
+"""Variant records (TOML), shipped inside the package as ``dyhead_zoo.configs``."""

@@ -1,0 +1,159 @@
+"""The DyHead detector: backbone, FPN, DyHead tower and the variant's detection head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .anchors import AnchorGenerator
+from .atss import ATSSHead
+from .categories import COCO_CLASS_NAMES
+from .config import ModelConfig
+from .dyhead import DyHeadBackbone
+from .fpn import FPN
+from .images import ImageInput, load_image
+from .postprocess import rescale_boxes
+from .preprocess import normalize_and_pad, padded_shape, resize, to_model_tensor
+
+
+@dataclass
+class Detections:
+    """Detections for one image: XYXY ``boxes`` (N, 4) in pixels, ``scores`` (N,),
+    0-based COCO ``labels`` (N,) and their ``label_names``, best first."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to(self, device: torch.device | str) -> "Detections":
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.label_names)
+
+
+def _build_bottom_up(config: ModelConfig) -> nn.Module:
+    if config.backbone == "resnet50":
+        from .resnet import ResNet50
+
+        return ResNet50(config.backbone_out_features)
+    if config.backbone == "swin_t":
+        from .swin import SwinTransformer
+
+        return SwinTransformer()
+    raise ValueError(f"unknown backbone {config.backbone!r}")
+
+
+class DyHeadDetector(nn.Module):
+    """A Dynamic Head detector built from a :class:`~dyhead_zoo.config.ModelConfig`.
+
+    ``model.predict(images)`` runs the official test-time pipeline end to end;
+    ``model(batch)`` takes an already normalised and padded (N, 3, H, W) tensor.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        fpn = FPN(_build_bottom_up(config), config.fpn_in_features, config.fpn_channels, config.top_block)
+        self.backbone = DyHeadBackbone(fpn, config.fpn_channels, config.dyhead_num_blocks)
+        self.levels = list(fpn.out_features)
+        strides = [fpn.strides[name] for name in self.levels]
+        anchors = config.anchors
+        if config.meta_architecture == "GeneralizedRCNN":
+            from .rcnn import ROIHeads, RPN
+
+            rpn_strides = [fpn.strides[name] for name in config.rpn.in_features]
+            self.anchor_generator = AnchorGenerator(rpn_strides, anchors.sizes, anchors.aspect_ratios, anchors.offset)
+            self.proposal_generator = RPN(config.rpn, config.fpn_channels, self.anchor_generator.num_anchors)
+            self.roi_heads = ROIHeads(config.roi_heads, config.fpn_channels, config.num_classes,
+                                      {name: fpn.strides[name] for name in config.roi_heads.in_features})
+        else:
+            self.anchor_generator = AnchorGenerator(strides, anchors.sizes, anchors.aspect_ratios, anchors.offset)
+            if config.meta_architecture == "ATSS":
+                head_cls: type[nn.Module] = ATSSHead
+            else:
+                from .retinanet import RetinaNetHead
+
+                head_cls = RetinaNetHead
+            self.head = head_cls(config.head, config.fpn_channels, config.num_classes,
+                                 self.anchor_generator.num_anchors, len(self.levels))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return COCO_CLASS_NAMES
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _detect(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]]
+                ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        max_det = self.config.detections_per_image
+        if self.config.meta_architecture == "GeneralizedRCNN":
+            proposals = self.proposal_generator(
+                [features[f] for f in self.config.rpn.in_features], self.anchor_generator, image_sizes)
+            return self.roi_heads(features, proposals, max_det)
+        maps = [features[name] for name in self.levels]
+        outputs = self.head(maps)
+        return self.head.inference(outputs, self.anchor_generator(maps), len(image_sizes), max_det)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[Detections]:
+        """Detect objects in a normalised, padded batch ``images`` (N, 3, H, W).
+
+        ``image_sizes`` are each image's (h, w) before padding (default: the full tensor);
+        boxes are clipped to it, or scaled to ``output_sizes`` and clipped there when given.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(images.shape)}")
+        d = self.config.input.size_divisibility
+        if images.shape[-2] % d or images.shape[-1] % d:
+            raise ValueError(f"batch size {tuple(images.shape[-2:])} must be divisible by {d}; pad it "
+                             "(dyhead_zoo.preprocess.normalize_and_pad) or use model.predict()")
+        sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * images.shape[0]
+        targets = list(output_sizes) if output_sizes is not None else sizes
+        features = self.backbone(images)
+        results = []
+        for (boxes, scores, labels), size, target in zip(self._detect(features, sizes), sizes, targets):
+            boxes, scores, labels = rescale_boxes(boxes, scores, labels, size, target)
+            names = [COCO_CLASS_NAMES[i] for i in labels.tolist()]
+            results.append(Detections(boxes, scores, labels, names))
+        return results
+
+    def preprocess(self, images: Sequence[ImageInput]) -> list[tuple[Tensor, tuple[int, int]]]:
+        """Load, resize and convert images: per image the (3, h, w) tensor and the original (H, W)."""
+        prepared = []
+        for image in images:
+            rgb = load_image(image)
+            prepared.append((to_model_tensor(resize(rgb, self.config.input), self.config.input), rgb.shape[:2]))
+        return prepared
+
+    @torch.no_grad()
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> Detections | list[Detections]:
+        """Detect objects in one image or a list of images (paths, PIL images, HxWx3 uint8 RGB).
+
+        Returns one :class:`Detections` per image (a single one for a single input), boxes in
+        the original image's pixels. Images whose padded sizes agree run in one forward pass;
+        others run apart, so results never depend on what else is in the list.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            return []
+        prepared = self.preprocess(items)
+        device = self._device()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (tensor, _) in enumerate(prepared):
+            shape = padded_shape(tensor.shape[-2], tensor.shape[-1], self.config.input.size_divisibility)
+            groups.setdefault(shape, []).append(index)
+        results: list[Detections | None] = [None] * len(items)
+        for indices in groups.values():
+            batch, sizes = normalize_and_pad([prepared[i][0].to(device) for i in indices], self.config.input)
+            batch = batch.to(next(self.parameters()).dtype)
+            outputs = self(batch, sizes, [prepared[i][1] for i in indices])
+            for i, det in zip(indices, outputs):
+                results[i] = det.to("cpu")
+        return results[0] if single else results

@@ -1,0 +1,67 @@
+"""The zoo: variant names, their configs (from ``configs/*.toml``) and ``create_model``."""
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from .config import ModelConfig, from_dict
+
+_REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _config_files() -> dict[str, str]:
+    if _REPO_CONFIGS.is_dir():  # a source checkout (editable install, torch.hub "local")
+        return {p.stem: p.read_text() for p in sorted(_REPO_CONFIGS.glob("*.toml"))}
+    package = resources.files("dyhead_zoo.configs")  # a wheel: configs/ ships as package data
+    return {p.name[:-5]: p.read_text() for p in package.iterdir() if p.name.endswith(".toml")}
+
+
+@functools.cache
+def _configs() -> dict[str, ModelConfig]:
+    configs = {}
+    for stem, text in _config_files().items():
+        config = from_dict(tomllib.loads(text))
+        if config.name != stem:
+            raise ValueError(f"configs/{stem}.toml declares name {config.name!r}; they must agree")
+        configs[stem] = config
+    return configs
+
+
+def list_models() -> list[str]:
+    """Names of all variants in the zoo, sorted."""
+    return sorted(_configs())
+
+
+def get_config(name: str) -> ModelConfig:
+    """The frozen :class:`ModelConfig` of variant ``name``."""
+    configs = _configs()
+    if name not in configs:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(configs))}")
+    return configs[name]
+
+
+def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                 config: ModelConfig | None = None, device: str | None = None):
+    """Build variant ``name`` in eval mode.
+
+    ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``) loaded strictly;
+    ``pretrained=True`` downloads the published weights instead; ``config`` overrides the
+    variant's settings (build it with ``dataclasses.replace(get_config(name), ...)``).
+    """
+    from .detector import DyHeadDetector
+    from .checkpoint import load_checkpoint
+
+    model = DyHeadDetector(config or get_config(name))
+    if weights is not None:
+        load_checkpoint(model, weights)
+    elif pretrained:
+        from .weights import download_weights
+
+        load_checkpoint(model, download_weights(model.config))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
