@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import hub
 from .anchors import AnchorGenerator
 from .atss import ATSSHead
 from .categories import COCO_CLASS_NAMES
@@ -47,7 +49,7 @@ def _build_bottom_up(config: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown backbone {config.backbone!r}")
 
 
-class DyHeadDetector(nn.Module):
+class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()):
     """A Dynamic Head detector built from a :class:`~dyhead_zoo.config.ModelConfig`.
 
     ``model.predict(images)`` runs the official test-time pipeline end to end;
@@ -63,7 +65,8 @@ class DyHeadDetector(nn.Module):
         strides = [fpn.strides[name] for name in self.levels]
         anchors = config.anchors
         if config.meta_architecture == "GeneralizedRCNN":
-            from .rcnn import ROIHeads, RPN
+            from .roi_heads import ROIHeads
+            from .rpn import RPN
 
             rpn_strides = [fpn.strides[name] for name in config.rpn.in_features]
             self.anchor_generator = AnchorGenerator(rpn_strides, anchors.sizes, anchors.aspect_ratios, anchors.offset)
@@ -94,7 +97,7 @@ class DyHeadDetector(nn.Module):
         if self.config.meta_architecture == "GeneralizedRCNN":
             proposals = self.proposal_generator(
                 [features[f] for f in self.config.rpn.in_features], self.anchor_generator, image_sizes)
-            return self.roi_heads(features, proposals, max_det)
+            return self.roi_heads(features, [boxes for boxes, _ in proposals], image_sizes, max_det)
         maps = [features[name] for name in self.levels]
         outputs = self.head(maps)
         return self.head.inference(outputs, self.anchor_generator(maps), len(image_sizes), max_det)
@@ -157,3 +160,22 @@ class DyHeadDetector(nn.Module):
             for i, det in zip(indices, outputs):
                 results[i] = det.to("cpu")
         return results[0] if single else results
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``model.safetensors``, ``config.json`` and the ``README.md`` model card
+        (called by ``save_pretrained`` and ``push_to_hub``)."""
+        hub.save_folder(self.state_dict(), self.config, save_directory)
+
+    def generate_model_card(self, *args, **kwargs) -> hub.ModelCard:
+        """The model card ``save_pretrained`` writes: metadata header, usage and citation."""
+        return hub.model_card(self.config)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         config: ModelConfig | dict | None = None, device: str | None = None) -> "DyHeadDetector":
+        """``from_pretrained(repo_or_dir)``: rebuild from ``config.json`` and load
+        ``model.safetensors`` strictly (every key and shape must match, unlike the mixin's default)."""
+        return hub.load_pretrained(cls, model_id, config, revision=revision, cache_dir=cache_dir,
+                                   force_download=force_download, local_files_only=local_files_only,
+                                   token=token, device=device)

@@ -1,0 +1,175 @@
+"""Hugging Face Hub folders: ``model.safetensors``, ``config.json`` and a ``README.md`` model card.
+
+One layout serves the converter (``converters/to_hub_folder.py``), ``save_pretrained`` /
+``push_to_hub`` and ``from_pretrained``: the safetensors file holds the official state_dict
+keys unchanged, ``config.json`` the variant's :class:`~dyhead_zoo.config.ModelConfig` (plus
+the COCO category names) and the card the metadata the Hub indexes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
+from torch import Tensor, nn
+
+from .categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from .checkpoint import SAFETENSORS_NAME, load_checkpoint
+from .config import ModelConfig, from_dict
+
+CONFIG_NAME = "config.json"
+README_NAME = "README.md"
+LIBRARY_NAME = "dyhead-zoo"
+LICENSE = "mit"  # the license of the official DynamicHead release and its weights
+DATASET = "detection-datasets/coco"
+TAGS = ("object-detection", "dyhead", "vision", "coco")
+PAPER_URL = "https://arxiv.org/abs/2106.08322"
+OFFICIAL_REPO = "https://github.com/microsoft/DynamicHead"
+# Keys config.json carries besides the ModelConfig fields; informative only when loading.
+_EXTRA_KEYS = ("library_name", "library_version", "class_names", "category_ids")
+
+CITATION = """@inproceedings{dai2021dynamic,
+  title={Dynamic Head: Unifying Object Detection Heads with Attentions},
+  author={Dai, Xiyang and Chen, Yinpeng and Xiao, Bin and Chen, Dongdong and Liu, Mengchen and Yuan, Lu and Zhang, Lei},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={7373--7382},
+  year={2021}
+}"""
+
+
+def mixin_metadata() -> dict[str, Any]:
+    """Class keywords for ``PyTorchModelHubMixin`` (a fresh dict: the mixin appends to ``tags``)."""
+    return {"library_name": LIBRARY_NAME, "license": LICENSE, "tags": list(TAGS),
+            "pipeline_tag": "object-detection", "paper_url": PAPER_URL}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def config_to_json(config: ModelConfig) -> dict[str, Any]:
+    """The ``config.json`` dict: every :class:`ModelConfig` field plus the 80 COCO category
+    names and annotation ids in label order. :func:`config_from_json` is its inverse."""
+    return {"library_name": LIBRARY_NAME, "library_version": _version(), **config.to_dict(),
+            "class_names": list(COCO_CLASS_NAMES), "category_ids": list(COCO_CATEGORY_IDS)}
+
+
+def config_from_json(data: Mapping[str, Any]) -> ModelConfig:
+    """Rebuild the :class:`ModelConfig` from a ``config.json`` dict; unknown keys are an error."""
+    return from_dict({k: v for k, v in data.items() if k not in _EXTRA_KEYS})
+
+
+def model_card(config: ModelConfig, source_url: str = "", source_sha256: str = "") -> ModelCard:
+    """The ``README.md`` model card of ``config``: a YAML header (library, license, dataset,
+    tags, the published COCO box AP as ``model-index``), a usage snippet and the citation.
+    ``source_url``/``source_sha256`` name the official checkpoint the weights were converted
+    from, when they were."""
+    data = ModelCardData(
+        library_name=LIBRARY_NAME, license=LICENSE, datasets=[DATASET], tags=list(TAGS),
+        pipeline_tag="object-detection", model_name=config.name,
+        eval_results=[EvalResult(
+            task_type="object-detection", task_name="Object Detection", dataset_type=DATASET,
+            dataset_name="COCO 2017", dataset_split="validation", metric_type="mAP",
+            metric_name="box AP", metric_value=config.published_map,
+            source_name="Dynamic Head official release", source_url=OFFICIAL_REPO)],
+    )
+    repo = config.weights.hf_repo or "PATH/TO/FOLDER"
+    provenance = ""
+    if source_url:
+        checksum = f" (SHA-256 `{source_sha256}`)" if source_sha256 else ""
+        provenance = (f"\nConverted from the official checkpoint <{source_url}>{checksum}: every tensor is "
+                      f"bit-identical to it. `dyhead_zoo.create_model(\"{config.name}\", pretrained=True)` "
+                      "fetches these weights (this repository first, the official `.pth` otherwise).\n")
+    body = f"""
+# {config.name}
+
+{config.description}: a [Dynamic Head]({PAPER_URL}) (CVPR 2021) object detector trained on
+COCO, released at {OFFICIAL_REPO}, packaged for `dyhead-zoo`, a pure-PyTorch implementation
+(no detectron2) whose outputs match the official code's.
+
+| | |
+|---|---|
+| COCO box AP (published) | {config.published_map} |
+| parameters | {config.weights.num_params:,} |
+| input | {config.input.format}, shorter side {config.input.min_size}, longer side at most {config.input.max_size} |
+| classes | {len(COCO_CLASS_NAMES)} COCO categories (`class_names` in `config.json`) |
+{provenance}
+Files: `model.safetensors` (the official state_dict keys), `config.json` (everything needed
+to rebuild the model), this card.
+
+## Usage
+
+```python
+from dyhead_zoo import DyHeadDetector
+
+model = DyHeadDetector.from_pretrained("{repo}")
+detections = model.predict("image.jpg")  # path, PIL image or HxWx3 uint8 RGB array
+for box, score, name in zip(detections.boxes, detections.scores, detections.label_names):
+    print(name, round(float(score), 3), box.tolist())  # XYXY pixels
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def save_folder(state: Mapping[str, Tensor], config: ModelConfig, directory: str | os.PathLike,
+                source_url: str = "", source_sha256: str = "") -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``config`` into ``directory``.
+
+    ``state`` is the full state_dict (official keys), written as stored; the safetensors
+    metadata records the variant and, for a conversion, the source URL and SHA-256.
+    Returns ``directory``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "variant": config.name, "library": LIBRARY_NAME, "library_version": _version()}
+    if source_url:
+        metadata["source_url"] = source_url
+    if source_sha256:
+        metadata["source_sha256"] = source_sha256
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata=metadata)
+    (directory / CONFIG_NAME).write_text(json.dumps(config_to_json(config), indent=2) + "\n")
+    model_card(config, source_url, source_sha256).save(directory / README_NAME)
+    return directory
+
+
+def load_pretrained(cls: type[nn.Module], model_id: str, config: ModelConfig | Mapping[str, Any] | None, *,
+                    revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    force_download: bool = False, local_files_only: bool = False,
+                    token: str | bool | None = None, device: str | None = None) -> nn.Module:
+    """Build ``cls(config)`` and load ``model.safetensors`` from a folder or Hub repo strictly.
+
+    ``config`` is the parsed ``config.json`` (or a :class:`ModelConfig` given by the caller).
+    Every key and shape must match; returns the model in eval mode, on ``device`` if given.
+    """
+    if config is None:
+        raise FileNotFoundError(
+            f"{model_id} has no {CONFIG_NAME}, so the variant is unknown. Use a folder written by "
+            "save_pretrained or converters/to_hub_folder.py, or pass config=dyhead_zoo.get_config(NAME).")
+    if not isinstance(config, ModelConfig):
+        config = config_from_json(config)
+    model = cls(config)
+    if os.path.isdir(model_id):
+        weights = Path(model_id) / SAFETENSORS_NAME
+    else:
+        weights = Path(hf_hub_download(
+            model_id, SAFETENSORS_NAME, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token, library_name=LIBRARY_NAME, library_version=_version()))
+    load_checkpoint(model, weights)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
