@@ -1,7 +1,10 @@
 """Loading official or converted checkpoints strictly, with the mismatches named."""
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,14 +12,68 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+SAFETENSORS_NAME = "model.safetensors"
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not hold exactly the model's tensors."""
 
 
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint can only be read by arbitrary unpickling, which the caller did not allow."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _numpy_safe_globals() -> list:
+    # What a pickled numeric ndarray needs; numpy 1.x wrote "numpy.core.multiarray", numpy 2 "numpy._core".
+    reconstruct, scalar = np.ndarray.__reduce__(np.zeros(0))[0], np.int64(0).__reduce__()[0]
+    dtype_classes = {type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}  # what unpickled dtypes are built as
+    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), scalar,
+            (scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype, *dtype_classes]
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Plain-pickle reader (detectron2 ``.pkl``) that resolves only what numpy arrays need."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle protocol
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Weights only load failed: Unsupported global: GLOBAL {module}.{name}")
+
+
+def _load_object(path: Path, allow_unsafe_pickle: bool) -> object:
+    if path.suffix == ".pkl":  # detectron2's own pickles: a plain pickle of numpy arrays
+        with open(path, "rb") as f:
+            if allow_unsafe_pickle:
+                return pickle.load(f, encoding="latin1")
+            return _NumpyUnpickler(f, encoding="latin1").load()
+    if allow_unsafe_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _unwrap(obj: object, source: str) -> Mapping[str, object]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]  # detectron2 checkpointer layout, possibly with iteration/optimizer
+        obj = obj["model"]  # detectron2 checkpointer layout, possibly with iteration/optimizer/scheduler
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -27,12 +84,18 @@ def _unwrap(obj: object, source: str) -> Mapping[str, object]:
 def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat ``{name: tensor}`` dict.
 
-    ``.safetensors`` files are read directly; ``.pth``/``.pkl`` files with
-    ``torch.load(weights_only=True)``. Files that need arbitrary unpickling are refused
-    unless ``allow_unsafe_pickle=True`` (only for files you trust). Accepts detectron2's
-    ``{"model": ...}`` layout, bare state_dicts, ``module.`` prefixes and numpy arrays.
+    ``.safetensors`` files are read directly (a folder means its ``model.safetensors``, as
+    written by the converter or ``save_pretrained``); ``.pth`` files with
+    ``torch.load(weights_only=True)`` and detectron2 ``.pkl`` files with an unpickler that
+    resolves numpy arrays only. Files that need arbitrary unpickling are refused unless
+    ``allow_unsafe_pickle=True`` (only for files you trust). Accepts detectron2's
+    ``{"model": ...}`` layout (with or without iteration/optimizer/scheduler entries), bare
+    state_dicts, ``module.`` prefixes, numpy arrays and any tensor dtype (values are returned as
+    stored; :func:`load_checkpoint` casts them to the model's dtypes).
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / SAFETENSORS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -40,13 +103,20 @@ def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
+        obj = _load_object(path, allow_unsafe_pickle)
     except Exception as err:  # noqa: BLE001 - torch raises several types for the same cause
-        if not allow_unsafe_pickle and "weights_only" in str(err):
-            raise ValueError(
-                f"{path}: this checkpoint needs arbitrary unpickling, which can run code. If you "
-                "trust the file, pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle)") from err
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        message = str(err)
+        if not allow_unsafe_pickle and re.search(r"Unsupported global|Can only build", message):
+            found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", message)
+            culprit = f" ({found.group(1) or found.group(2)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"{path}: this checkpoint holds objects other than tensors and numpy arrays{culprit}, and "
+                "reading them needs arbitrary unpickling, which can run code. If you trust the file, pass "
+                "allow_unsafe_pickle=True, or convert it once with `python -m converters.to_hub_folder NAME "
+                "--checkpoint PATH --allow-unsafe-pickle` and load the resulting model.safetensors with "
+                "weights=PATH") from err
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", message, re.S)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({found.group(1) if found else message})") from err
     state = _unwrap(obj, str(path))
     out: dict[str, Tensor] = {}
     for name, value in state.items():
@@ -80,10 +150,17 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         )
 
 
+def conform_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Check ``state`` strictly against ``model`` and cast each value to the model's dtype.
+
+    Returns a new dict in the model's key order; fp16 and float64 values become the model's
+    float32, exactly as ``load_state_dict`` would copy them. Raises
+    :class:`CheckpointMismatchError` when keys or shapes differ.
+    """
+    check_state_dict(model, state)
+    return {k: state[k].to(v.dtype) for k, v in model.state_dict().items()}
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> None:
     """Load the checkpoint at ``path`` into ``model`` strictly (fp16 and numpy values are cast)."""
-    state = read_state_dict(path, allow_unsafe_pickle)
-    check_state_dict(model, state)
-    expected = model.state_dict()
-    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(conform_state_dict(model, read_state_dict(path, allow_unsafe_pickle)), strict=True)

@@ -65,3 +65,20 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     if device is not None:
         model.to(device)
     return model
+
+
+def weight_sources(name: str) -> dict[str, object]:
+    """Where the published weights of variant ``name`` come from and what they reach.
+
+    Keys: ``url`` (the official ``.pth``), ``hf_repo`` (its converted ``model.safetensors``,
+    tried first by ``pretrained=True``), ``sha256`` (pinned hash of the ``.pth``, "" if none),
+    ``num_params``, ``coco_map`` (published COCO box AP), ``categories`` (the 80 COCO class
+    names in label order) and ``pth_cache_path`` (where the ``.pth`` is kept once fetched).
+    """
+    from .categories import COCO_CLASS_NAMES
+    from .weights import pth_cache_path
+
+    config = get_config(name)
+    return {"url": config.weights.url, "hf_repo": config.weights.hf_repo, "sha256": config.weights.sha256,
+            "num_params": config.weights.num_params, "coco_map": config.published_map,
+            "categories": list(COCO_CLASS_NAMES), "pth_cache_path": str(pth_cache_path(config))}
