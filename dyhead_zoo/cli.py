@@ -1,0 +1,249 @@
+"""The ``dyhead-zoo`` command: ``eval``, ``reproduce`` and ``info``.
+
+    dyhead-zoo eval --model NAME --coco-root DIR [--weights PATH] [--device cpu|cuda]
+                    [--batch-size N] [--workers N] [--limit N] [--output-dir DIR]
+    dyhead-zoo eval --model NAME --images DIR --annotations FILE ...   (any COCO-format set)
+    dyhead-zoo reproduce --coco-root DIR [--models NAME ...] [--weights NAME=PATH ...]
+    dyhead-zoo info
+
+Both evaluating commands resume an interrupted run from ``--output-dir`` and scale out under
+``torchrun --nproc-per-node N`` (one or several nodes). ``--min-size``/``--max-size`` change
+the test size for quick checks; the published numbers need the defaults (800/1333).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_OUTPUT = "dyhead-eval"
+
+
+def _data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from .coco_data import coco_paths
+
+    images, annotations = (coco_paths(args.coco_root) if args.coco_root else (None, None))
+    images = Path(args.images) if args.images else images
+    annotations = Path(args.annotations) if args.annotations else annotations
+    if images is None or annotations is None:
+        raise ValueError("say where the dataset is: --coco-root DIR (with val2017/ and "
+                         "annotations/instances_val2017.json), or --images DIR and --annotations FILE")
+    return images, annotations
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    from .evaluate import default_device
+
+    if requested is None:
+        return default_device()
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return requested
+
+
+def _check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
+    for name, path in weights.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint for {name} not found: {path}")
+    if any(name not in weights for name in names) and importlib.util.find_spec("dyhead_zoo.weights") is None:
+        raise ValueError("this install cannot download the published weights; pass a local checkpoint "
+                         "with --weights")
+
+
+def _load_data(args: argparse.Namespace):
+    from .coco_data import check_image_files, load_coco
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
+                         f"{args.workers}")
+    data = load_coco(*_data_paths(args))
+    check_image_files(data.first(args.limit))
+    return data
+
+
+def _print_metrics(result, published: float) -> None:
+    from .coco_metrics import STAT_NAMES
+
+    names = STAT_NAMES[:6]
+    speed = "n/a" if result.images_per_second is None else f"{result.images_per_second:.2f}"
+    processes = f"{result.world_size} process" + ("es" if result.world_size > 1 else "")
+    print(f"{result.model}: {result.num_images} images, {result.device}, {processes}, {speed} images/s")
+    print("| " + " | ".join(f"{n:^7}" for n in names) + " |")
+    print("|" + "|".join([":-------:"] * len(names)) + "|")
+    print("| " + " | ".join(f"{result.metrics[n]:^7.3f}" for n in names) + " |")
+    print(f"published mAP {published:.1f}, measured {result.metrics['AP']:.3f} "
+          f"({result.metrics['AP'] - published:+.3f})")
+    print(f"metrics: {result.metrics_file}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``dyhead-zoo eval``: check the dataset, build the model, evaluate, print on rank 0."""
+    from .evaluate import distributed, eval_config, evaluate
+    from .registry import create_model
+
+    weights = {args.model: args.weights} if args.weights else {}
+    _check_weights([args.model], weights)
+    config = eval_config(args.model, args.min_size, args.max_size)
+    data = _load_data(args)
+    device = _device(args.device)
+    with distributed(device) as group:
+        model = create_model(args.model, pretrained=args.weights is None, weights=args.weights, config=config,
+                             device=device)
+        result = evaluate(model, data, args.output_dir, limit=args.limit, batch_size=args.batch_size,
+                          workers=args.workers, progress=not args.no_progress, group=group)
+    if result is not None:
+        _print_metrics(result, config.published_map)
+    return 0
+
+
+def _parse_weights(items: Sequence[str]) -> dict[str, str]:
+    weights = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--weights {item!r}: write it as NAME=PATH, e.g. "
+                             "dyhead_r50_atss_fpn_1x=checkpoints/dyhead_r50_atss_fpn_1x.pth")
+        weights[name] = path
+    return weights
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``dyhead-zoo reproduce``: evaluate each variant, print and write the table on rank 0."""
+    from .registry import get_config, list_models
+    from .evaluate import distributed
+    from .reproduce import markdown_table, reproduce, write_table
+
+    models = args.models or list_models()
+    for name in models:
+        get_config(name)  # unknown names fail here, with the list of known ones
+    weights = _parse_weights(args.weights)
+    _check_weights(models, weights)
+    data = _load_data(args)
+    device = _device(args.device)
+    with distributed(device) as group:
+        rows = reproduce(data, models, args.output_dir, weights, device=device, limit=args.limit,
+                         batch_size=args.batch_size, workers=args.workers, min_size=args.min_size,
+                         max_size=args.max_size, progress=not args.no_progress, group=group)
+    if rows is not None:
+        json_path, md_path = write_table(rows, args.output_dir)
+        print(markdown_table(rows), end="")
+        print(f"table: {json_path} and {md_path}")
+    return 0
+
+
+def describe() -> str:
+    """Versions, device and deformable-conv backend, as ``dyhead-zoo info`` prints them."""
+    try:
+        info = importlib.import_module("dyhead_zoo.info")
+    except ModuleNotFoundError as err:
+        if err.name != "dyhead_zoo.info":
+            raise
+    else:
+        if callable(getattr(info, "describe", None)):
+            return info.describe()
+    from importlib import metadata
+
+    import torch
+
+    from . import __version__
+    from .deform_conv import resolve_backend
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        cuda = f"available (CUDA {torch.version.cuda}): {names}"
+    else:
+        cuda = "not available"
+    lines = [f"python      {platform.python_version()}", f"torch       {torch.__version__}",
+             f"torchvision {version('torchvision')}", f"timm        {version('timm')}",
+             f"dyhead_zoo  {__version__}", f"cuda        {cuda}", f"dcn backend {resolve_backend()}"]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``dyhead-zoo info``: print :func:`describe`."""
+    print(describe())
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("dataset (COCO val2017, or any COCO-format set)")
+    data.add_argument("--coco-root", metavar="DIR", help="folder with val2017/ and annotations/instances_val2017.json")
+    data.add_argument("--images", metavar="DIR", help="image folder (overrides the one under --coco-root)")
+    data.add_argument("--annotations", metavar="FILE", help="COCO instances JSON (overrides --coco-root's)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    run.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
+    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                     help="DataLoader processes that decode and resize (default %(default)s; 0: none)")
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N images by id")
+    run.add_argument("--output-dir", default=DEFAULT_OUTPUT, metavar="DIR",
+                     help="detections (resumable) and results (default ./%(default)s)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    quick = parser.add_argument_group("quick checks (results are not comparable with the published ones)")
+    quick.add_argument("--min-size", type=int, metavar="PX", help="test size, shorter side (official 800)")
+    quick.add_argument("--max-size", type=int, metavar="PX", help="test size, longer side at most (official 1333)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dyhead-zoo`` argument parser with its ``eval``, ``reproduce`` and ``info`` commands."""
+    from .registry import list_models
+
+    parser = argparse.ArgumentParser(prog="dyhead-zoo", description="Dynamic Head detectors in pure PyTorch.",
+                                     epilog="Scale out with: torchrun --nproc-per-node N $(which dyhead-zoo) eval ...")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ev = commands.add_parser("eval", help="COCO box AP of one variant",
+                             description="Run one variant over COCO val2017 (or any COCO-format set) and print "
+                                         "AP, AP50, AP75, APs, APm, APl. Rerunning resumes an interrupted run.")
+    ev.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+                    help="one of: " + ", ".join(list_models()))
+    ev.add_argument("--weights", metavar="PATH", help="local checkpoint (.pth or .safetensors); "
+                                                      "default: the published weights")
+    _add_run_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    rp = commands.add_parser("reproduce", help="published vs measured mAP of every variant",
+                             description="Evaluate the variants and print (and write as JSON and Markdown under "
+                                         "--output-dir) published mAP, measured mAP, difference, images/s, device.")
+    rp.add_argument("--models", nargs="+", metavar="NAME", help="a subset (default: all of them)")
+    rp.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                    help="local checkpoint of one variant (repeatable); the others use the published weights")
+    _add_run_arguments(rp)
+    rp.set_defaults(func=cmd_reproduce)
+
+    info = commands.add_parser("info", help="versions, device and deformable-conv backend")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dyhead-zoo`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"dyhead-zoo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dyhead-zoo: interrupted; the detections made so far are kept, run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Reproducing the published COCO numbers: every variant evaluated, one table of the results."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .coco_data import CocoData
+from .evaluate import Distributed, eval_config, evaluate
+
+
+@dataclass(frozen=True)
+class ReproRow:
+    """One variant's line: published and measured mAP (percent), their difference, speed."""
+
+    variant: str
+    published_map: float
+    measured_map: float
+    difference: float
+    images_per_second: float | None
+    device: str
+    images: int
+
+
+def reproduce(data: CocoData, models: Sequence[str], output_dir: str | os.PathLike,
+              weights: Mapping[str, str | os.PathLike] | None = None, device: str = "cpu",
+              limit: int | None = None, batch_size: int = 1, workers: int = 0,
+              min_size: int | None = None, max_size: int | None = None, progress: bool = True,
+              group: Distributed | None = None) -> list[ReproRow] | None:
+    """Evaluate each of ``models`` on ``data`` and return one :class:`ReproRow` per variant.
+
+    ``weights`` maps variant names to local checkpoints; the others use the published
+    weights. Detections are kept (and resumed) under ``output_dir`` as in
+    :func:`dyhead_zoo.evaluate.evaluate`. Returns the rows on rank 0, ``None`` on other ranks.
+    """
+    from .registry import create_model
+
+    weights = dict(weights or {})
+    unknown = set(weights) - set(models)
+    if unknown:
+        raise ValueError(f"weights given for {sorted(unknown)}, which are not among the models {list(models)}")
+    rows = []
+    for name in models:
+        config = eval_config(name, min_size, max_size)
+        model = create_model(name, pretrained=name not in weights, weights=weights.get(name), config=config,
+                             device=device)
+        result = evaluate(model, data, output_dir, limit=limit, batch_size=batch_size, workers=workers,
+                          progress=progress, group=group)
+        del model
+        gc.collect()
+        if result is not None:
+            measured = result.metrics["AP"]
+            rows.append(ReproRow(name, config.published_map, measured, measured - config.published_map,
+                                 result.images_per_second, result.device, result.num_images))
+    return rows if group is None or group.rank == 0 else None
+
+
+def markdown_table(rows: Sequence[ReproRow]) -> str:
+    """The rows as a Markdown table (mAP in percent, signed difference)."""
+    lines = ["| variant | published mAP | measured mAP | difference | images/s | device | images |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for row in rows:
+        speed = "n/a" if row.images_per_second is None else f"{row.images_per_second:.2f}"
+        lines.append(f"| {row.variant} | {row.published_map:.1f} | {row.measured_map:.2f} | "
+                     f"{row.difference:+.2f} | {speed} | {row.device} | {row.images} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: Sequence[ReproRow], output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``reproduce.json`` and ``reproduce.md`` into ``output_dir``; return their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output_dir / "reproduce.json", output_dir / "reproduce.md"
+    json_path.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    md_path.write_text(markdown_table(rows))
+    return json_path, md_path
