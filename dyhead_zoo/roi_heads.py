@@ -8,8 +8,8 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, roi_align
 
 from .box_coder import apply_deltas
+from .boxes import clip_boxes
 from .config import ROIHeadsConfig
-from .rpn import clip_boxes
 
 CANONICAL_BOX_SIZE = 224
 CANONICAL_LEVEL = 4
