@@ -4,10 +4,19 @@ The official DyHead calls a CUDA kernel that reads its offset and mask as raw me
 for the *output* size. When the offset comes from a larger pyramid level (``DyConv[0]``), that
 kernel reads the leading ``18*h*w`` values of each batch element's offset (and ``9*h*w`` of
 its mask). :func:`fit_offset_to_output` reproduces that read so results match exactly.
+
+Backends (:data:`BACKENDS`): ``torchvision`` (``torchvision.ops.deform_conv2d``, the
+reference), ``gather`` (corner gather + oneDNN/cuDNN 1x1 conv, :mod:`dyhead_zoo.dcn_gather`)
+and ``triton`` (one fused CUDA kernel, :mod:`dyhead_zoo.dcn_triton`). ``"auto"``, the default,
+takes the fastest one that passes a start-up self-check against torchvision on the device;
+force one with the ``backend`` argument or ``$DYHEAD_DCN_BACKEND``.
 """
 from __future__ import annotations
 
 import os
+import statistics
+import time
+import warnings
 from typing import Callable
 
 import torch
@@ -55,16 +64,159 @@ def _torchvision_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor
     return out.to(dtype)
 
 
-BACKENDS: dict[str, Backend] = {"torchvision": _torchvision_backend}
+def _gather_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None,
+                    stride: int, padding: int) -> Tensor:
+    from .dcn_gather import deform_conv2d_gather
+
+    return deform_conv2d_gather(x, offset, mask, weight, bias, stride, padding)
+
+
+def _triton_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None,
+                    stride: int, padding: int) -> Tensor:
+    from .dcn_triton import deform_conv2d_triton
+
+    return deform_conv2d_triton(x, offset, mask, weight, bias, stride, padding)
+
+
+def _triton_available(device: torch.device) -> bool:
+    from .dcn_triton import available
+
+    return available(device)
+
+
+BACKENDS: dict[str, Backend] = {
+    "torchvision": _torchvision_backend,
+    "gather": _gather_backend,
+    "triton": _triton_backend,
+}
 ENV_VAR = "DYHEAD_DCN_BACKEND"
+AUTO = "auto"
+
+#: Which backends can run where (before the self-check), and which support autograd.
+_RUNS_ON: dict[str, Callable[[torch.device], bool]] = {
+    "torchvision": lambda device: device.type in ("cpu", "cuda"),
+    "gather": lambda device: True,
+    "triton": _triton_available,
+}
+_DIFFERENTIABLE = frozenset({"torchvision", "gather"})
+#: Automatic choice on CPU, fastest first (benchmarks/dcn.py, 2 threads: gather is 6-7x faster
+#: than torchvision at P3-P5 and 2-4x at P6-P7). Elsewhere every backend that passes the
+#: self-check is timed once and the fastest wins.
+_CPU_ORDER = ("gather", "torchvision")
+_SELF_CHECK_TOLERANCE = 1e-4  # of the output's largest magnitude, in float32
+_auto_cache: dict[tuple[str, bool], str] = {}
+_check_cache: dict[tuple[str, str], bool] = {}
 
 
-def resolve_backend(name: str | None = None) -> str:
-    """Backend to use: ``name`` if given, else ``$DYHEAD_DCN_BACKEND``, else the default."""
-    name = name or os.environ.get(ENV_VAR) or "torchvision"
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` (before the self-check), in :data:`BACKENDS` order."""
+    device = torch.device(device)
+    return [name for name in BACKENDS if _RUNS_ON[name](device)]
+
+
+def self_check(name: str, device: torch.device | str = "cpu") -> bool:
+    """Whether backend ``name`` matches torchvision's float64 CPU result on ``device``.
+
+    A small random case in float32, stride 1 and 2, with offsets that push samples outside the
+    image; passes when the largest error is within 1e-4 of the output's scale. Cached per
+    backend and device; a backend that raises fails.
+    """
+    device = torch.device(device)
+    key = (name, str(device))
+    if key not in _check_cache:
+        _check_cache[key] = _run_self_check(name, device)
+    return _check_cache[key]
+
+
+def _run_self_check(name: str, device: torch.device) -> bool:
+    if not _RUNS_ON[name](device):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for stride in (1, 2):
+                x = torch.randn(2, 16, 11, 13, generator=gen, dtype=torch.float64)
+                weight = torch.randn(8, 16, 3, 3, generator=gen, dtype=torch.float64)
+                bias = torch.randn(8, generator=gen, dtype=torch.float64)
+                h, w = output_size(11, 13, 3, stride, 1)
+                offset = 3 * torch.randn(2, 18, h, w, generator=gen, dtype=torch.float64)
+                mask = torch.rand(2, 9, h, w, generator=gen, dtype=torch.float64)
+                ref = _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+                args = [t.float().to(device) for t in (x, offset, mask, weight, bias)]
+                out = BACKENDS[name](*args, stride, 1).double().cpu()
+                if out.shape != ref.shape or not (out - ref).abs().max() <= _SELF_CHECK_TOLERANCE * ref.abs().max():
+                    warnings.warn(f"deformable-conv backend {name!r} disagrees with torchvision on {device} "
+                                  f"(stride {stride}); it will not be chosen automatically", stacklevel=3)
+                    return False
+    except Exception as err:  # a backend that cannot run here is simply not chosen
+        warnings.warn(f"deformable-conv backend {name!r} failed its self-check on {device}: {err!r}", stacklevel=3)
+        return False
+    return True
+
+
+def _time_backend(name: str, device: torch.device) -> float:
+    """Median seconds of one DyHead-sized conv (2 x 256 x 64 x 96) with backend ``name``."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 256, 64, 96, generator=gen).to(device)
+    weight = (0.01 * torch.randn(256, 256, 3, 3, generator=gen)).to(device)
+    bias = torch.zeros(256, device=device)
+    offset = torch.randn(2, 18, 64, 96, generator=gen).to(device)
+    mask = torch.rand(2, 9, 64, 96, generator=gen).to(device)
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        for i in range(6):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            BACKENDS[name](x, offset, mask, weight, bias, 1, 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:  # the first runs compile and autotune
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def auto_backend(device: torch.device | str = "cpu", differentiable: bool = False) -> str:
+    """The fastest backend on ``device`` that passes :func:`self_check` (cached per device).
+
+    On CPU the order is fixed by measurement (``gather``, then ``torchvision``); on other
+    devices all passing backends are timed once on a DyHead-sized conv. With
+    ``differentiable=True`` only backends that support autograd are considered.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (str(device), differentiable)
+    if key not in _auto_cache:
+        names = [n for n in available_backends(device) if not differentiable or n in _DIFFERENTIABLE]
+        if device.type == "cpu":
+            names = [n for n in _CPU_ORDER if n in names]
+            chosen = next((n for n in names if self_check(n, device)), "torchvision")
+        else:
+            passing = [n for n in names if self_check(n, device)]
+            if len(passing) > 1:
+                chosen = min(passing, key=lambda n: _time_backend(n, device))
+            else:
+                chosen = passing[0] if passing else "torchvision"
+        _auto_cache[key] = chosen
+    return _auto_cache[key]
+
+
+def resolve_backend(name: str | None = None, device: torch.device | str | None = None) -> str:
+    """Backend to use: ``name`` if given, else ``$DYHEAD_DCN_BACKEND``, else ``"auto"``.
+
+    ``"auto"`` picks :func:`auto_backend` for ``device`` (CPU when not given). A named backend
+    that cannot run on ``device`` raises ``ValueError``.
+    """
+    name = name or os.environ.get(ENV_VAR) or AUTO
+    if name == AUTO:
+        return auto_backend("cpu" if device is None else device)
     if name not in BACKENDS:
-        raise ValueError(f"unknown deformable-conv backend {name!r}; choose one of {sorted(BACKENDS)} "
-                         f"(argument or ${ENV_VAR})")
+        raise ValueError(f"unknown deformable-conv backend {name!r}; choose one of {sorted(BACKENDS)} or "
+                         f"{AUTO!r} (argument or ${ENV_VAR})")
+    if device is not None and not _RUNS_ON[name](torch.device(device)):
+        raise ValueError(f"deformable-conv backend {name!r} cannot run on {device}; choose one of "
+                         f"{available_backends(device)} or {AUTO!r} (argument or ${ENV_VAR})")
     return name
 
 
@@ -74,10 +226,20 @@ def modulated_deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Ten
 
     ``offset`` (N, 2*k*k, H', W') holds (dy, dx) pairs per tap, ``mask`` (N, k*k, H', W') the
     modulation in [0, 1]; maps larger than the output are read as the official kernel does
-    (see :func:`fit_offset_to_output`). Returns (N, O, h, w) in ``x``'s dtype.
+    (see :func:`fit_offset_to_output`). ``backend`` names one of :data:`BACKENDS` or
+    ``"auto"``; by default ``$DYHEAD_DCN_BACKEND``, else ``"auto"`` (see :func:`resolve_backend`).
+    When gradients are needed the automatic choice skips forward-only backends. Returns
+    (N, O, h, w) in ``x``'s dtype.
     """
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"expected 4-D input and weight, got {tuple(x.shape)} and {tuple(weight.shape)}")
     out_hw = output_size(x.shape[-2], x.shape[-1], weight.shape[-1], stride, padding)
     offset, mask = fit_offset_to_output(offset, mask, out_hw)
-    return BACKENDS[resolve_backend(backend)](x, offset, mask, weight, bias, stride, padding)
+    name = resolve_backend(backend, x.device)
+    if name not in _DIFFERENTIABLE and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)):
+        if (backend or os.environ.get(ENV_VAR) or AUTO) != AUTO:
+            raise ValueError(f"deformable-conv backend {name!r} is forward-only; run under torch.no_grad() / "
+                             f"torch.inference_mode(), or choose one of {sorted(_DIFFERENTIABLE)}")
+        name = auto_backend(x.device, differentiable=True)
+    return BACKENDS[name](x, offset, mask, weight, bias, stride, padding)

@@ -1,0 +1,59 @@
+"""What ``dyhead-zoo info`` prints: versions, devices and the deformable-conv backend in use."""
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+import torch
+
+from . import __version__
+from .deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return devices
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def describe() -> str:
+    """A few lines: python/torch/torchvision/timm/triton/dyhead_zoo versions, then per device
+    the deformable-conv backend that will run there and every backend available on it with
+    the result of its start-up self-check (``ok`` or ``FAILED``). Running the self-checks is
+    the point, so this takes about a second on CPU and a few more on a GPU (Triton compiles).
+    """
+    lines = [
+        f"python       {platform.python_version()}",
+        f"torch        {torch.__version__}",
+        f"torchvision  {_version('torchvision')}",
+        f"timm         {_version('timm')}",
+        f"triton       {_version('triton')}",
+        f"dyhead_zoo   {__version__}",
+        f"cuda         {'available' if torch.cuda.is_available() else 'not available'}",
+        f"dcn backends {', '.join(BACKENDS)}; ${ENV_VAR}={os.environ.get(ENV_VAR) or '(unset: auto)'}",
+    ]
+    for device in _devices():
+        try:
+            chosen = resolve_backend(None, device)
+        except ValueError as err:
+            chosen = f"error: {err}"
+        checks = ", ".join(f"{name} {'ok' if self_check(name, device) else 'FAILED'}"
+                           for name in available_backends(device))
+        lines.append(f"device       {_device_name(device)}")
+        lines.append(f"  dcn backend {chosen}  (available: {checks})")
+    return "\n".join(lines)
