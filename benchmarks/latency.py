@@ -11,33 +11,18 @@ and post-processing (everything else: decoding, top-k, NMS, ROI pooling, rescali
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import dyhead_zoo
 from dyhead_zoo.deform_conv import resolve_backend
 from dyhead_zoo.preprocess import normalize_and_pad, to_model_tensor
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _make_checkpoint(name: str) -> dict[str, torch.Tensor]:
-    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "tests" / "make_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make(str(ROOT / "tests" / "data" / f"{name}.keys.json"), 0)
-
-
-def _photo(height: int = 800, width: int = 1333) -> np.ndarray:
-    with np.load(ROOT / "tests" / "data" / "parity" / "dyhead_r50_atss_fpn_1x" / "seed0_coffee.npz") as case:
-        return np.asarray(Image.fromarray(case["image_rgb"]).resize((width, height), Image.BILINEAR))
+from .dcn import sync
+from .end_to_end import photo, seeded_checkpoint
 
 
 def _stage_modules(model: dyhead_zoo.DyHeadDetector) -> dict[str, list[torch.nn.Module]]:
@@ -48,28 +33,22 @@ def _stage_modules(model: dyhead_zoo.DyHeadDetector) -> dict[str, list[torch.nn.
             "head": heads}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(name: str, repeats: int, device: torch.device) -> dict[str, float]:
     """Median total seconds and median seconds per stage for one forward of variant ``name``."""
     model = dyhead_zoo.create_model(name)
-    model.load_state_dict(_make_checkpoint(name))
+    model.load_state_dict(seeded_checkpoint(name))
     model.to(device).eval()
-    photo = _photo()
-    batch, sizes = normalize_and_pad([to_model_tensor(photo, model.config.input).to(device)], model.config.input)
+    batch, sizes = normalize_and_pad([to_model_tensor(photo(), model.config.input).to(device)], model.config.input)
     spent: dict[str, float] = defaultdict(float)
     starts: dict[int, float] = {}
 
     def hooks(stage: str, module: torch.nn.Module) -> None:
         def before(mod, args):
-            _sync(device)
+            sync(device)
             starts[id(mod)] = time.perf_counter()
 
         def after(mod, args, out):
-            _sync(device)
+            sync(device)
             spent[stage] += time.perf_counter() - starts.pop(id(mod))
 
         module.register_forward_pre_hook(before)
@@ -81,10 +60,10 @@ def measure(name: str, repeats: int, device: torch.device) -> dict[str, float]:
     runs: list[dict[str, float]] = []
     for i in range(repeats + 1):  # the first run warms up
         spent.clear()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         detections = model(batch, sizes)
-        _sync(device)
+        sync(device)
         total = time.perf_counter() - start
         if i == 0:
             continue
