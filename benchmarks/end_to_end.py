@@ -2,7 +2,7 @@
 
     python -m benchmarks.end_to_end [--models NAME ...] [--batch 1 8] [--precision fp32 bf16]
                                     [--backends torchvision auto] [--repeats 3] [--threads 2]
-                                    [--device cpu] [--out benchmarks/results]
+                                    [--device cpu] [--out benchmarks/results] [--append]
 
 One 800x1333 photograph (stretched, as in ``benchmarks.latency``), repeated to the batch size,
 through ``model(batch, sizes)`` with the seeded random checkpoint in the official layout
@@ -178,7 +178,7 @@ def markdown(record: dict) -> str:
 
 
 def run(models: list[str], batches: list[int], precisions: list[str], backends: list[str], repeats: int,
-        threads: int, device: str, out: Path) -> dict:
+        threads: int, device: str, out: Path, append: bool = False) -> dict:
     """Run the benchmark, write ``end_to_end-<device>-batch<sizes>.json`` / ``.md`` under ``out``,
     return the record."""
     torch.set_num_threads(threads)
@@ -208,6 +208,10 @@ def run(models: list[str], batches: list[int], precisions: list[str], backends: 
         del model
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"end_to_end-{dev.type}-batch{'_'.join(map(str, batches))}"
+    if append and stem.with_suffix(".json").exists():  # keep earlier rows this run did not redo
+        done = {(r["variant"], r["batch"], r["precision"]) for r in record["rows"]}
+        earlier = json.loads(stem.with_suffix(".json").read_text())["rows"]
+        record["rows"] = [r for r in earlier if (r["variant"], r["batch"], r["precision"]) not in done] + record["rows"]
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     stem.with_suffix(".md").write_text(markdown(record))
     return record
@@ -225,9 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record and table")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into the existing record (e.g. to run variants one process at a time)")
     args = parser.parse_args(argv)
     record = run(args.models, args.batch, args.precision, args.backends, args.repeats, args.threads, args.device,
-                 args.out)
+                 args.out, args.append)
     print(markdown(record), end="")
 
 
