@@ -62,7 +62,6 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         fpn = FPN(_build_bottom_up(config), config.fpn_in_features, config.fpn_channels, config.top_block)
         self.backbone = DyHeadBackbone(fpn, config.fpn_channels, config.dyhead_num_blocks)
         self.levels = list(fpn.out_features)
-        strides = [fpn.strides[name] for name in self.levels]
         anchors = config.anchors
         if config.meta_architecture == "GeneralizedRCNN":
             from .roi_heads import ROIHeads
@@ -74,6 +73,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
             self.roi_heads = ROIHeads(config.roi_heads, config.fpn_channels, config.num_classes,
                                       {name: fpn.strides[name] for name in config.roi_heads.in_features})
         else:
+            strides = [fpn.strides[name] for name in self.levels]
             self.anchor_generator = AnchorGenerator(strides, anchors.sizes, anchors.aspect_ratios, anchors.offset)
             if config.meta_architecture == "ATSS":
                 head_cls: type[nn.Module] = ATSSHead
