@@ -8,7 +8,7 @@ conv *input*, stride 1 or 2). Each backend and the dense ``conv2d`` of the same 
 turn, round after round, so load on the machine hits them alike; each figure is the median
 over ``--repeats`` rounds after one warm-up round, and the ratios are taken within the run.
 Peak memory is the rise of the process's peak RSS (CPU) or of ``max_memory_allocated``
-(CUDA) during one call. Writes ``dcn-<device>.json`` and ``.md`` and prints the table.
+(CUDA) during one call. Writes ``dcn-<device>-<dtype>.json`` and ``.md`` and prints the table.
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def markdown(record: dict) -> str:
 
 def run(device: str = "cpu", threads: int = 2, repeats: int = 7, dtype: str = "float32", shapes: str = "default",
         out: Path = RESULTS) -> dict:
-    """Run the micro-benchmark, write ``dcn-<device>.json`` / ``.md`` under ``out``, return the record."""
+    """Run the micro-benchmark, write ``dcn-<device>-<dtype>.json`` / ``.md`` under ``out``, return the record."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     backends = [n for n in dc.available_backends(dev) if dc.self_check(n, dev)]
@@ -186,7 +186,7 @@ def run(device: str = "cpu", threads: int = 2, repeats: int = 7, dtype: str = "f
         print(f"  {shape}: " + ", ".join(f"{n} {1e3 * s:.1f} ms" for n, s in record["rows"][-1]["median_s"].items()),
               flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"dcn-{dev.type}"
+    stem = out / f"dcn-{dev.type}-{dtype}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     stem.with_suffix(".md").write_text(markdown(record))
     return record
