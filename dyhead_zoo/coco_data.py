@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .categories import COCO_CLASS_NAMES
 from .config import InputConfig
 from .images import load_image
-from .preprocess import padded_shape, resize, resized_shape
+from .preprocess import padded_shape, resize, resized_shape, to_channel_order
 
 
 @dataclass(frozen=True)
@@ -181,17 +181,6 @@ def check_image_files(images: Sequence[CocoImage]) -> None:
         if (height, width) != (image.height, image.width):
             raise ValueError(f"{image.path}: the image is {width}x{height} but the annotation file says "
                              f"{image.width}x{image.height}; fix the 'width'/'height' of image {image.id}")
-
-
-def to_channel_order(image_rgb: np.ndarray, config: InputConfig) -> Tensor:
-    """HxWx3 uint8 RGB -> (3, H, W) uint8 in the model's channel order.
-
-    ``.float()`` of the result equals :func:`dyhead_zoo.preprocess.to_model_tensor`; keeping
-    uint8 until the main process moves a quarter of the bytes between processes.
-    """
-    if config.format == "BGR":
-        image_rgb = image_rgb[:, :, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1)))
 
 
 class CocoImages(Dataset):

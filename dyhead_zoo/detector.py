@@ -17,7 +17,7 @@ from .dyhead import DyHeadBackbone
 from .fpn import FPN
 from .images import ImageInput, load_image
 from .postprocess import rescale_boxes
-from .preprocess import normalize_and_pad, padded_shape, resize, to_model_tensor
+from .preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
 
 
 @dataclass
@@ -148,12 +148,9 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
             return []
         prepared = self.preprocess(items)
         device = self._device()
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, (tensor, _) in enumerate(prepared):
-            shape = padded_shape(tensor.shape[-2], tensor.shape[-1], self.config.input.size_divisibility)
-            groups.setdefault(shape, []).append(index)
         results: list[Detections | None] = [None] * len(items)
-        for indices in groups.values():
+        groups = group_by_padded_shape([tensor for tensor, _ in prepared], self.config.input.size_divisibility)
+        for indices in groups:
             batch, sizes = normalize_and_pad([prepared[i][0].to(device) for i in indices], self.config.input)
             batch = batch.to(next(self.parameters()).dtype)
             outputs = self(batch, sizes, [prepared[i][1] for i in indices])

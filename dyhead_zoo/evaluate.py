@@ -25,7 +25,7 @@ from torch import nn
 
 from .coco_data import CocoData, CocoImage, batch_shape, make_loader
 from .coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
-from .preprocess import normalize_and_pad, padded_shape
+from .preprocess import group_by_padded_shape, normalize_and_pad
 
 FORMAT_VERSION = 1
 Record = dict[str, Any]  # {"image_id": int, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}
@@ -217,11 +217,7 @@ def _run(model: nn.Module, images: Sequence[CocoImage], path: Path, header: dict
             out.flush()
         for batch in loader:
             # Group by the decoded shape as well: the annotated size may mislead (EXIF).
-            groups: dict[tuple[int, int], list[int]] = {}
-            for index, (_, tensor, _) in enumerate(batch):
-                groups.setdefault(padded_shape(tensor.shape[-2], tensor.shape[-1], config.size_divisibility),
-                                  []).append(index)
-            for indices in groups.values():
+            for indices in group_by_padded_shape([tensor for _, tensor, _ in batch], config.size_divisibility):
                 tensors = [batch[i][1].to(device, non_blocking=True).float() for i in indices]
                 padded, sizes = normalize_and_pad(tensors, config)
                 outputs = model(padded.to(dtype), sizes, [batch[i][2] for i in indices])

@@ -32,11 +32,28 @@ def resize(image_rgb: np.ndarray, config: InputConfig) -> np.ndarray:
     return np.asarray(Image.fromarray(image_rgb).resize((new_w, new_h), Image.BILINEAR))
 
 
-def to_model_tensor(image_rgb: np.ndarray, config: InputConfig) -> Tensor:
-    """HxWx3 uint8 RGB -> (3, H, W) float32 in the model's channel order, not yet normalised."""
+def to_channel_order(image_rgb: np.ndarray, config: InputConfig) -> Tensor:
+    """HxWx3 uint8 RGB -> (3, H, W) uint8 in the model's channel order (cheap to send between processes)."""
     if config.format == "BGR":
         image_rgb = image_rgb[:, :, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1))).float()
+    return torch.from_numpy(np.ascontiguousarray(image_rgb.transpose(2, 0, 1)))
+
+
+def to_model_tensor(image_rgb: np.ndarray, config: InputConfig) -> Tensor:
+    """HxWx3 uint8 RGB -> (3, H, W) float32 in the model's channel order, not yet normalised."""
+    return to_channel_order(image_rgb, config).float()
+
+
+def group_by_padded_shape(images: list[Tensor], size_divisibility: int) -> list[list[int]]:
+    """Indices of ``images`` (..., h, w) grouped by padded size, in first-seen order.
+
+    Only images of one padded size may share a batch: DyHead pools over the whole padded map,
+    so extra padding would change an image's detections.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(padded_shape(image.shape[-2], image.shape[-1], size_divisibility), []).append(index)
+    return list(groups.values())
 
 
 def normalize_and_pad(images: list[Tensor], config: InputConfig) -> tuple[Tensor, list[tuple[int, int]]]:
