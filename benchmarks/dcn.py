@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dyhead_zoo import deform_conv as dc
+from dyhead_zoo.ops import deform_conv as dc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (batch, height, width, stride): the 100x152, the five levels of an 800x1333 input

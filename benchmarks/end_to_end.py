@@ -32,8 +32,8 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 import dyhead_zoo
-from dyhead_zoo import deform_conv as dc
-from dyhead_zoo.preprocess import normalize_and_pad, to_model_tensor
+from dyhead_zoo.ops import deform_conv as dc
+from dyhead_zoo.data.preprocess import normalize_and_pad, to_model_tensor
 
 from .dcn import RESULTS, PeakMemory, environment, sync
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dyhead_zoo import hub
 from dyhead_zoo.checkpoint import SAFETENSORS_NAME, conform_state_dict, file_sha256, read_state_dict
-from dyhead_zoo.detector import DyHeadDetector
+from dyhead_zoo.models.detector import DyHeadDetector
 from dyhead_zoo.registry import get_config, list_models
 from dyhead_zoo.weights import fetch_official_checkpoint
 

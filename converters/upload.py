@@ -21,7 +21,7 @@ from huggingface_hub import HfApi, get_token
 from dyhead_zoo import hub
 from dyhead_zoo.checkpoint import SAFETENSORS_NAME, check_state_dict, file_sha256, read_state_dict
 from dyhead_zoo.config import ModelConfig
-from dyhead_zoo.detector import DyHeadDetector
+from dyhead_zoo.models.detector import DyHeadDetector
 
 FILES = (SAFETENSORS_NAME, hub.CONFIG_NAME, hub.README_NAME)
 

@@ -25,7 +25,7 @@ DEFAULT_OUTPUT = "dyhead-eval"
 
 
 def _data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    from .coco_data import coco_paths
+    from .data.coco_data import coco_paths
 
     images, annotations = (coco_paths(args.coco_root) if args.coco_root else (None, None))
     images = Path(args.images) if args.images else images
@@ -39,7 +39,7 @@ def _data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def _device(requested: str | None) -> str:
     import torch
 
-    from .evaluate import default_device
+    from .evaluation.evaluate import default_device
 
     if requested is None:
         return default_device()
@@ -60,7 +60,7 @@ def _check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
 
 
 def _load_data(args: argparse.Namespace):
-    from .coco_data import check_image_files, load_coco
+    from .data.coco_data import check_image_files, load_coco
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
@@ -71,7 +71,7 @@ def _load_data(args: argparse.Namespace):
 
 
 def _print_metrics(result, published: float) -> None:
-    from .coco_metrics import STAT_NAMES
+    from .evaluation.coco_metrics import STAT_NAMES
 
     names = STAT_NAMES[:6]
     speed = "n/a" if result.images_per_second is None else f"{result.images_per_second:.2f}"
@@ -87,7 +87,7 @@ def _print_metrics(result, published: float) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``dyhead-zoo eval``: check the dataset, build the model, evaluate, print on rank 0."""
-    from .evaluate import distributed, eval_config, evaluate
+    from .evaluation.evaluate import distributed, eval_config, evaluate
     from .registry import create_model
 
     weights = {args.model: args.weights} if args.weights else {}
@@ -119,8 +119,8 @@ def _parse_weights(items: Sequence[str]) -> dict[str, str]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``dyhead-zoo reproduce``: evaluate each variant, print and write the table on rank 0."""
     from .registry import get_config, list_models
-    from .evaluate import distributed
-    from .reproduce import markdown_table, reproduce, write_table
+    from .evaluation.evaluate import distributed
+    from .evaluation.reproduce import markdown_table, reproduce, write_table
 
     models = args.models or list_models()
     for name in models:
@@ -155,7 +155,7 @@ def describe() -> str:
     import torch
 
     from . import __version__
-    from .deform_conv import resolve_backend
+    from .ops.deform_conv import resolve_backend
 
     def version(package: str) -> str:
         try:

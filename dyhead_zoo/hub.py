@@ -16,7 +16,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from torch import Tensor, nn
 
-from .categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from .data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from .checkpoint import SAFETENSORS_NAME, load_checkpoint
 from .config import ModelConfig, from_dict
 

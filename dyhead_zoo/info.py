@@ -8,7 +8,7 @@ from importlib import metadata
 import torch
 
 from . import __version__
-from .deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check
+from .ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check
 
 
 def _version(package: str) -> str:

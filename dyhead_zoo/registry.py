@@ -51,7 +51,7 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     ``pretrained=True`` downloads the published weights instead; ``config`` overrides the
     variant's settings (build it with ``dataclasses.replace(get_config(name), ...)``).
     """
-    from .detector import DyHeadDetector
+    from .models.detector import DyHeadDetector
     from .checkpoint import load_checkpoint
 
     model = DyHeadDetector(config or get_config(name))
@@ -75,7 +75,7 @@ def weight_sources(name: str) -> dict[str, object]:
     ``num_params``, ``coco_map`` (published COCO box AP), ``categories`` (the 80 COCO class
     names in label order) and ``pth_cache_path`` (where the ``.pth`` is kept once fetched).
     """
-    from .categories import COCO_CLASS_NAMES
+    from .data.categories import COCO_CLASS_NAMES
     from .weights import pth_cache_path
 
     config = get_config(name)

@@ -21,7 +21,7 @@ import dyhead_zoo
 from conftest import official_state_dict
 from converters import to_hub_folder, upload
 from dyhead_zoo import DyHeadDetector
-from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from dyhead_zoo.checkpoint import CheckpointMismatchError, file_sha256
 from dyhead_zoo.hub import config_from_json
 from hub_testing import (REPO_ROOT, assert_bit_identical, converted_folder, make_hf_cache,  # noqa: F401

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from dyhead_zoo import deform_conv as dc
-from dyhead_zoo.dcn_gather import deform_conv2d_gather
+from dyhead_zoo.ops import deform_conv as dc
+from dyhead_zoo.ops.dcn_gather import deform_conv2d_gather
 
 CPU_BACKENDS = dc.available_backends("cpu")
 CUDA = torch.cuda.is_available()
@@ -219,8 +219,8 @@ TRITON_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_deform_conv import random_case, reference, rel_error, HALF_TOL
-    from dyhead_zoo import deform_conv as dc
-    from dyhead_zoo.dcn_triton import deform_conv2d_triton
+    from dyhead_zoo.ops import deform_conv as dc
+    from dyhead_zoo.ops.dcn_triton import deform_conv2d_triton
     assert dc.available_backends("cpu") == ["torchvision", "gather", "triton"]
     assert dc.self_check("triton", "cpu")  # float32, stride 1 and 2, bias, samples off the image
     case, stride, padding = random_case(1, 20, 18, 6, 7, 1, 0, seed=1)

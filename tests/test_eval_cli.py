@@ -15,9 +15,9 @@ import torch
 import dyhead_zoo
 from conftest import official_state_dict, random_model
 from dyhead_zoo import cli
-from dyhead_zoo.categories import COCO_CATEGORY_IDS
-from dyhead_zoo.coco_metrics import STAT_NAMES
-from dyhead_zoo.evaluate import read_detections
+from dyhead_zoo.data.categories import COCO_CATEGORY_IDS
+from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES
+from dyhead_zoo.evaluation.evaluate import read_detections
 from test_eval_data import SIZES, TEST_INPUT, write_coco
 
 NAME = "dyhead_r50_atss_fpn_1x"

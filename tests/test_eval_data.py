@@ -1,4 +1,4 @@
-"""COCO-format datasets (dyhead_zoo.coco_data): checks before model work, loader, categories.
+"""COCO-format datasets (dyhead_zoo.data.coco_data): checks before model work, loader, categories.
 
 ``write_coco`` here also builds the tiny datasets of the other test_eval_* files.
 """
@@ -15,8 +15,8 @@ from PIL import Image
 
 import dyhead_zoo
 from dyhead_zoo import cli
-from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from dyhead_zoo.coco_data import (CocoImage, batch_shape, category_mapping, check_image_files, coco_paths,
+from dyhead_zoo.data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.data.coco_data import (CocoImage, batch_shape, category_mapping, check_image_files, coco_paths,
                                   load_coco, make_loader, shape_batches)
 from dyhead_zoo.config import InputConfig
 

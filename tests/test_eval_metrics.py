@@ -1,4 +1,4 @@
-"""COCO box metrics (dyhead_zoo.coco_metrics): library agreement and hand-checkable values."""
+"""COCO box metrics (dyhead_zoo.evaluation.coco_metrics): library agreement and hand-checkable values."""
 from __future__ import annotations
 
 import copy
@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 
-from dyhead_zoo.coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
+from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
 
 LIBRARIES = ["faster-coco-eval", "pycocotools"]
 

@@ -1,4 +1,4 @@
-"""Evaluation runs (dyhead_zoo.evaluate): written as produced, resumed, keyed by their setup."""
+"""Evaluation runs (dyhead_zoo.evaluation.evaluate): written as produced, resumed, keyed by their setup."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,8 @@ import torch
 
 import dyhead_zoo
 from conftest import random_model
-from dyhead_zoo.coco_data import load_coco
-from dyhead_zoo.evaluate import evaluate, read_detections, run_key, run_settings
+from dyhead_zoo.data.coco_data import load_coco
+from dyhead_zoo.evaluation.evaluate import evaluate, read_detections, run_key, run_settings
 from test_eval_data import SHUFFLED_IDS, SIZES, TEST_INPUT, write_coco
 
 NAME = "dyhead_r50_atss_fpn_1x"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dyhead_zoo.images import load_image
+from dyhead_zoo.data.images import load_image
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from PIL import Image
 
 import dyhead_zoo
 from conftest import load_case, parity_cases, random_model
-from dyhead_zoo.preprocess import normalize_and_pad, resized_shape
+from dyhead_zoo.data.preprocess import normalize_and_pad, resized_shape
 
 
 @pytest.mark.parametrize("hw,expected", [

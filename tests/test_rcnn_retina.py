@@ -5,11 +5,11 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from dyhead_zoo.anchors import AnchorGenerator
+from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.config import HeadConfig, RPNConfig
-from dyhead_zoo.retinanet import RetinaNetHead, decode_level
-from dyhead_zoo.roi_heads import assign_boxes_to_levels, detections_from_boxes, pool_boxes
-from dyhead_zoo.rpn import RPN, top_proposals
+from dyhead_zoo.models.retinanet import RetinaNetHead, decode_level
+from dyhead_zoo.models.roi_heads import assign_boxes_to_levels, detections_from_boxes, pool_boxes
+from dyhead_zoo.models.rpn import RPN, top_proposals
 
 
 def square(x: float, y: float, side: float) -> list[float]:

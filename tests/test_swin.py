@@ -1,4 +1,4 @@
-"""Tests for the Swin-T backbone (dyhead_zoo.swin)."""
+"""Tests for the Swin-T backbone (dyhead_zoo.models.swin)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dyhead_zoo.swin import SwinBlock, SwinStage, SwinTransformer, shifted_window_mask
+from dyhead_zoo.models.swin import SwinBlock, SwinStage, SwinTransformer, shifted_window_mask
 
 MANIFEST = Path(__file__).parent / "data" / "dyhead_swint_atss_fpn_2x_ms.keys.json"
 PREFIX = "backbone.backbone.bottom_up."

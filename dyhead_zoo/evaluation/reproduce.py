@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .coco_data import CocoData
+from ..data.coco_data import CocoData
 from .evaluate import Distributed, eval_config, evaluate
 
 
@@ -34,9 +34,9 @@ def reproduce(data: CocoData, models: Sequence[str], output_dir: str | os.PathLi
 
     ``weights`` maps variant names to local checkpoints; the others use the published
     weights. Detections are kept (and resumed) under ``output_dir`` as in
-    :func:`dyhead_zoo.evaluate.evaluate`. Returns the rows on rank 0, ``None`` on other ranks.
+    :func:`dyhead_zoo.evaluation.evaluate.evaluate`. Returns the rows on rank 0, ``None`` on other ranks.
     """
-    from .registry import create_model
+    from ..registry import create_model
 
     weights = dict(weights or {})
     unknown = set(weights) - set(models)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .box_coder import apply_deltas
-from .config import HeadConfig
+from ..config import HeadConfig
 
 
 class Scale(nn.Module):

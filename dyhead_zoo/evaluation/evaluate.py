@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .coco_data import CocoData, CocoImage, batch_shape, make_loader
+from ..data.coco_data import CocoData, CocoImage, batch_shape, make_loader
 from .coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
-from .preprocess import group_by_padded_shape, normalize_and_pad
+from ..data.preprocess import group_by_padded_shape, normalize_and_pad
 
 FORMAT_VERSION = 1
 Record = dict[str, Any]  # {"image_id": int, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}
@@ -124,8 +124,8 @@ def run_settings(model: nn.Module, data: CocoData) -> dict[str, Any]:
     not change any image's detections. The ground-truth boxes are left out too, so fixing an
     annotation reuses the detections.
     """
-    from . import __version__
-    from .deform_conv import resolve_backend
+    from .. import __version__
+    from ..ops.deform_conv import resolve_backend
 
     parameter = next(model.parameters())
     images = hashlib.sha256(json.dumps([[im.id, str(im.path), im.height, im.width]
@@ -239,7 +239,7 @@ def evaluate(model: nn.Module, data: CocoData, output_dir: str | os.PathLike, li
     and images already in any file with the same key are not run again. With ``group``
     (see :func:`distributed`) the remaining images are shared among the processes and the
     detections gathered on rank 0. Returns the :class:`EvalResult` on rank 0, ``None`` on
-    other ranks. Call :func:`dyhead_zoo.coco_data.check_image_files` first to fail early.
+    other ranks. Call :func:`dyhead_zoo.data.coco_data.check_image_files` first to fail early.
     """
     group = group or Distributed()
     output_dir = Path(output_dir)
@@ -320,7 +320,7 @@ def eval_config(name: str, min_size: int | None = None, max_size: int | None = N
     """
     import dataclasses
 
-    from .registry import get_config
+    from ..registry import get_config
 
     config = get_config(name)
     changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}

@@ -9,7 +9,7 @@ from torchvision.ops import batched_nms, roi_align
 
 from .box_coder import apply_deltas
 from .boxes import clip_boxes
-from .config import ROIHeadsConfig
+from ..config import ROIHeadsConfig
 
 CANONICAL_BOX_SIZE = 224
 CANONICAL_LEVEL = 4

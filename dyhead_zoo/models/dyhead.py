@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .deform_conv import modulated_deform_conv2d
+from ..ops.deform_conv import modulated_deform_conv2d
 
 
 def h_sigmoid(x: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ kernel reads the leading ``18*h*w`` values of each batch element's offset (and `
 its mask). :func:`fit_offset_to_output` reproduces that read so results match exactly.
 
 Backends (:data:`BACKENDS`): ``torchvision`` (``torchvision.ops.deform_conv2d``, the
-reference), ``gather`` (corner gather + oneDNN/cuDNN 1x1 conv, :mod:`dyhead_zoo.dcn_gather`)
-and ``triton`` (one fused CUDA kernel, :mod:`dyhead_zoo.dcn_triton`). ``"auto"``, the default,
+reference), ``gather`` (corner gather + oneDNN/cuDNN 1x1 conv, :mod:`dyhead_zoo.ops.dcn_gather`)
+and ``triton`` (one fused CUDA kernel, :mod:`dyhead_zoo.ops.dcn_triton`). ``"auto"``, the default,
 takes the fastest one that passes a start-up self-check against torchvision on the device;
 force one with the ``backend`` argument or ``$DYHEAD_DCN_BACKEND``.
 """

@@ -7,7 +7,7 @@ from torchvision.ops import batched_nms
 
 from .atss import flatten_per_location
 from .box_coder import apply_deltas
-from .config import HeadConfig
+from ..config import HeadConfig
 
 
 def _subnet(channels: int, num_convs: int) -> nn.Sequential:

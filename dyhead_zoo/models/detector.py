@@ -8,16 +8,16 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import hub
+from .. import hub
 from .anchors import AnchorGenerator
 from .atss import ATSSHead
-from .categories import COCO_CLASS_NAMES
-from .config import ModelConfig
+from ..data.categories import COCO_CLASS_NAMES
+from ..config import ModelConfig
 from .dyhead import DyHeadBackbone
 from .fpn import FPN
-from .images import ImageInput, load_image
+from ..data.images import ImageInput, load_image
 from .postprocess import rescale_boxes
-from .preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
+from ..data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
 
 
 @dataclass
@@ -115,7 +115,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         d = self.config.input.size_divisibility
         if images.shape[-2] % d or images.shape[-1] % d:
             raise ValueError(f"batch size {tuple(images.shape[-2:])} must be divisible by {d}; pad it "
-                             "(dyhead_zoo.preprocess.normalize_and_pad) or use model.predict()")
+                             "(dyhead_zoo.data.preprocess.normalize_and_pad) or use model.predict()")
         sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * images.shape[0]
         targets = list(output_sizes) if output_sizes is not None else sizes
         features = self.backbone(images)

@@ -9,7 +9,7 @@ from .anchors import AnchorGenerator
 from .atss import flatten_per_location
 from .box_coder import apply_deltas
 from .boxes import clip_boxes, nonempty
-from .config import RPNConfig
+from ..config import RPNConfig
 
 
 def top_proposals(anchors: list[Tensor], deltas: list[Tensor], logits: list[Tensor],

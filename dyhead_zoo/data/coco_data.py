@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .categories import COCO_CLASS_NAMES
-from .config import InputConfig
+from ..config import InputConfig
 from .images import load_image
 from .preprocess import padded_shape, resize, resized_shape, to_channel_order
 
@@ -233,7 +233,7 @@ def make_loader(images: Sequence[CocoImage], config: InputConfig, batch_size: in
 
     Each batch is a list of :class:`CocoImages` items of one padded shape (see
     :func:`shape_batches`); normalise and pad them with
-    :func:`dyhead_zoo.preprocess.normalize_and_pad` after ``.float()``.
+    :func:`dyhead_zoo.data.preprocess.normalize_and_pad` after ``.float()``.
     """
     if workers < 0:
         raise ValueError(f"--workers must be 0 (decode in the main process) or more, got {workers}")

@@ -1,0 +1,1 @@
+"""Images and data: decoding, preprocessing, COCO-format sets, category names."""

@@ -1,0 +1,1 @@
+"""COCO evaluation: running a model over a set, metrics, the reproduce table."""

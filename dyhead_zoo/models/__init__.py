@@ -1,0 +1,1 @@
+"""Network modules: backbones, FPN, the DyHead tower, detection heads and the detector."""

@@ -1,0 +1,1 @@
+"""Operators: the modulated deformable conv and its backends."""
