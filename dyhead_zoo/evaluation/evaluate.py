@@ -220,7 +220,7 @@ def _run(model: nn.Module, images: Sequence[CocoImage], path: Path, header: dict
             for indices in group_by_padded_shape([tensor for _, tensor, _ in batch], config.size_divisibility):
                 tensors = [batch[i][1].to(device, non_blocking=True).float() for i in indices]
                 padded, sizes = normalize_and_pad(tensors, config)
-                outputs = model(padded.to(dtype), sizes, [batch[i][2] for i in indices])
+                outputs = model(padded.to(dtype), sizes, output_sizes=[batch[i][2] for i in indices])
                 for i, detections in zip(indices, outputs):
                     record = _record(batch[i][0], detections.to("cpu"))
                     out.write(json.dumps(record) + "\n")

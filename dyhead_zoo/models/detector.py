@@ -102,13 +102,18 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         outputs = self.head(maps)
         return self.head.inference(outputs, self.anchor_generator(maps), len(image_sizes), max_det)
 
-    @torch.no_grad()
     def forward(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
-                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[Detections]:
-        """Detect objects in a normalised, padded batch ``images`` (N, 3, H, W).
+                targets: Sequence[dict[str, Tensor]] | None = None,
+                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[Detections] | dict[str, Tensor]:
+        """Detect objects (eval mode) or compute the training losses (train mode).
 
-        ``image_sizes`` are each image's (h, w) before padding (default: the full tensor);
-        boxes are clipped to it, or scaled to ``output_sizes`` and clipped there when given.
+        ``images`` is a normalised batch (N, 3, H, W) zero-padded to the size divisibility;
+        ``image_sizes`` are each image's (h, w) before padding (default: the full tensor).
+        Eval mode returns one :class:`Detections` per image, boxes clipped to its size, or
+        scaled to ``output_sizes`` and clipped there when given; ``targets`` are ignored.
+        Train mode needs ``targets``: per image a dict with ``boxes`` (K, 4) float XYXY in the
+        resized image's pixels and ``labels`` (K,) int64 0-based (K may be 0); it returns the
+        official loss terms by name (see :meth:`losses`).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(images.shape)}")
@@ -117,14 +122,45 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
             raise ValueError(f"batch size {tuple(images.shape[-2:])} must be divisible by {d}; pad it "
                              "(dyhead_zoo.data.preprocess.normalize_and_pad) or use model.predict()")
         sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * images.shape[0]
-        targets = list(output_sizes) if output_sizes is not None else sizes
+        if self.training:
+            if targets is None:
+                raise ValueError("train mode needs targets: per image {'boxes': (K, 4) XYXY, 'labels': (K,)}; "
+                                 "call model.eval() to detect")
+            return self.losses(images, sizes, targets)
+        with torch.no_grad():
+            return self._detections(images, sizes, output_sizes)
+
+    def _detections(self, images: Tensor, sizes: list[tuple[int, int]],
+                    output_sizes: Sequence[tuple[int, int]] | None) -> list[Detections]:
+        outputs = list(output_sizes) if output_sizes is not None else sizes
         features = self.backbone(images)
         results = []
-        for (boxes, scores, labels), size, target in zip(self._detect(features, sizes), sizes, targets):
+        for (boxes, scores, labels), size, target in zip(self._detect(features, sizes), sizes, outputs):
             boxes, scores, labels = rescale_boxes(boxes, scores, labels, size, target)
             names = [COCO_CLASS_NAMES[i] for i in labels.tolist()]
             results.append(Detections(boxes, scores, labels, names))
         return results
+
+    def losses(self, images: Tensor, image_sizes: list[tuple[int, int]],
+               targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The official training losses for a padded batch: ATSS ``loss_cls``, ``loss_box_reg``,
+        ``loss_ctr``; RetinaNet ``loss_cls``, ``loss_box_reg``; Faster R-CNN ``loss_rpn_cls``,
+        ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``."""
+        features = self.backbone(images)
+        if self.config.meta_architecture == "GeneralizedRCNN":
+            from ..training.rcnn_losses import rcnn_losses
+
+            return rcnn_losses(self, features, image_sizes, targets)
+        maps = [features[name] for name in self.levels]
+        outputs = self.head(maps)
+        anchors = self.anchor_generator(maps)
+        if self.config.meta_architecture == "ATSS":
+            from ..training.atss_loss import atss_losses
+
+            return atss_losses(self.head, outputs, anchors, image_sizes, targets)
+        from ..training.retinanet_loss import retinanet_losses
+
+        return retinanet_losses(self.head, outputs, anchors, image_sizes, targets)
 
     def preprocess(self, images: Sequence[ImageInput]) -> list[tuple[Tensor, tuple[int, int]]]:
         """Load, resize and convert images: per image the (3, h, w) tensor and the original (H, W)."""
@@ -153,7 +189,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         for indices in groups:
             batch, sizes = normalize_and_pad([prepared[i][0].to(device) for i in indices], self.config.input)
             batch = batch.to(next(self.parameters()).dtype)
-            outputs = self(batch, sizes, [prepared[i][1] for i in indices])
+            outputs = self(batch, sizes, output_sizes=[prepared[i][1] for i in indices])
             for i, det in zip(indices, outputs):
                 results[i] = det.to("cpu")
         return results[0] if single else results

@@ -1,0 +1,1 @@
+"""Training runs: the trainer, optimizer and schedule, checkpoints, distributed set-up."""

@@ -1,0 +1,1 @@
+"""Training: target assignment, sampling and the official loss terms of each head."""
