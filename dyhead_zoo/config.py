@@ -42,6 +42,12 @@ class HeadConfig:
     topk_candidates: int
     nms_thresh: float
     bbox_reg_weights: tuple[float, float, float, float]
+    # Training, named after the official MODEL.ATSS / MODEL.RETINANET keys: the sigmoid focal
+    # loss, ATSS's candidates per level (TOPK) and the weight of its GIoU box loss.
+    focal_loss_alpha: float = 0.25
+    focal_loss_gamma: float = 2.0
+    atss_topk: int = 9
+    reg_loss_weight: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,10 @@ class ModelConfig:
     fpn_channels: int = 256
     dyhead_num_blocks: int = 6
     detections_per_image: int = 100
+    # Training: Swin-T stochastic depth (official MODEL.SWINT.DROP_PATH_RATE; identity in eval
+    # mode) and recomputing each DyHead block in the backward pass to save activation memory.
+    drop_path_rate: float = 0.0
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists); inverse of :func:`from_dict`."""
