@@ -29,7 +29,7 @@ TAGS = ("object-detection", "dyhead", "vision", "coco")
 PAPER_URL = "https://arxiv.org/abs/2106.08322"
 OFFICIAL_REPO = "https://github.com/microsoft/DynamicHead"
 # Keys config.json carries besides the ModelConfig fields; informative only when loading.
-_EXTRA_KEYS = ("library_name", "library_version", "class_names", "category_ids")
+_EXTRA_KEYS = ("library_name", "library_version", "category_ids")
 
 CITATION = """@inproceedings{dai2021dynamic,
   title={Dynamic Head: Unifying Object Detection Heads with Attentions},
@@ -53,15 +53,26 @@ def _version() -> str:
 
 
 def config_to_json(config: ModelConfig) -> dict[str, Any]:
-    """The ``config.json`` dict: every :class:`ModelConfig` field plus the 80 COCO category
-    names and annotation ids in label order. :func:`config_from_json` is its inverse."""
-    return {"library_name": LIBRARY_NAME, "library_version": _version(), **config.to_dict(),
-            "class_names": list(COCO_CLASS_NAMES), "category_ids": list(COCO_CATEGORY_IDS)}
+    """The ``config.json`` dict: every :class:`ModelConfig` field (``class_names`` among them,
+    in label order) plus, for the 80 COCO classes, their annotation ids.
+    :func:`config_from_json` is its inverse."""
+    data = {"library_name": LIBRARY_NAME, "library_version": _version(), **config.to_dict()}
+    if tuple(config.class_names) == COCO_CLASS_NAMES:
+        data["category_ids"] = list(COCO_CATEGORY_IDS)
+    return data
 
 
 def config_from_json(data: Mapping[str, Any]) -> ModelConfig:
     """Rebuild the :class:`ModelConfig` from a ``config.json`` dict; unknown keys are an error."""
     return from_dict({k: v for k, v in data.items() if k not in _EXTRA_KEYS})
+
+
+def _classes_line(config: ModelConfig) -> str:
+    names = tuple(config.class_names)
+    if names == COCO_CLASS_NAMES:
+        return f"{len(names)} COCO categories (`class_names` in `config.json`)"
+    shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    return f"{len(names)} classes, fine-tuned: {shown} (`class_names` in `config.json`)"
 
 
 def model_card(config: ModelConfig, source_url: str = "", source_sha256: str = "") -> ModelCard:
@@ -97,7 +108,7 @@ COCO, released at {OFFICIAL_REPO}, packaged for `dyhead-zoo`, a pure-PyTorch imp
 | COCO box AP (published) | {config.published_map} |
 | parameters | {config.weights.num_params:,} |
 | input | {config.input.format}, shorter side {config.input.min_size}, longer side at most {config.input.max_size} |
-| classes | {len(COCO_CLASS_NAMES)} COCO categories (`class_names` in `config.json`) |
+| classes | {_classes_line(config)} |
 {provenance}
 Files: `model.safetensors` (the official state_dict keys), `config.json` (everything needed
 to rebuild the model), this card.

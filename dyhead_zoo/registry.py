@@ -23,7 +23,9 @@ def _config_files() -> dict[str, str]:
 def _configs() -> dict[str, ModelConfig]:
     configs = {}
     for stem, text in _config_files().items():
-        config = from_dict(tomllib.loads(text))
+        record = tomllib.loads(text)
+        record.pop("train", None)  # the training recipe: dyhead_zoo.engine.recipe reads it
+        config = from_dict(record)
         if config.name != stem:
             raise ValueError(f"configs/{stem}.toml declares name {config.name!r}; they must agree")
         configs[stem] = config

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from .. import hub
 from .anchors import AnchorGenerator
 from .atss import ATSSHead
-from ..data.categories import COCO_CLASS_NAMES
 from ..config import ModelConfig
 from .dyhead import DyHeadBackbone
 from .fpn import FPN
@@ -86,7 +85,8 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return COCO_CLASS_NAMES
+        """Label ``i``'s name: the 80 COCO classes, or those a fine-tuned model was trained on."""
+        return self.config.class_names
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -137,7 +137,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         results = []
         for (boxes, scores, labels), size, target in zip(self._detect(features, sizes), sizes, outputs):
             boxes, scores, labels = rescale_boxes(boxes, scores, labels, size, target)
-            names = [COCO_CLASS_NAMES[i] for i in labels.tolist()]
+            names = [self.config.class_names[i] for i in labels.tolist()]
             results.append(Detections(boxes, scores, labels, names))
         return results
 
