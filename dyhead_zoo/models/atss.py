@@ -58,9 +58,11 @@ class ATSSHead(nn.Module):
         cfg = self.config
         per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(num_images)]
         for logits, deltas, centers, level_anchors in zip(*outputs, anchors):
-            probs = flatten_per_location(logits, self.num_classes).sigmoid()
+            # Scores and boxes are decoded in float32 whatever the network's dtype: half-precision
+            # scores would round the thresholds and NMS ties, and NMS wants one dtype for both.
+            probs = flatten_per_location(logits, self.num_classes).float().sigmoid()
             deltas = flatten_per_location(deltas, 4)
-            centers = flatten_per_location(centers, 1).reshape(num_images, -1).sigmoid()
+            centers = flatten_per_location(centers, 1).reshape(num_images, -1).float().sigmoid()
             candidates = probs > cfg.score_thresh
             scores_all = probs * centers[:, :, None]
             for i in range(num_images):

@@ -9,6 +9,9 @@ from .atss import flatten_per_location
 from .box_coder import apply_deltas
 from ..config import HeadConfig
 
+#: detectron2's starting value of RetinaNet's loss normaliser ("any reasonable #fg").
+INITIAL_LOSS_NORMALIZER = 100.0
+
 
 def _subnet(channels: int, num_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -46,6 +49,10 @@ class RetinaNetHead(nn.Module):
         self.bbox_subnet = _subnet(channels, config.num_convs)
         self.cls_score = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+        # Training: running average of the foreground-anchor count that divides the losses
+        # (training/retinanet_loss.py). A plain float, not a buffer, so the official
+        # state_dict keys stay as they are; trainers save and restore it themselves.
+        self.loss_normalizer: float = INITIAL_LOSS_NORMALIZER
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: class logits (N, A*K, H, W) and box deltas (N, A*4, H, W)."""
@@ -65,7 +72,8 @@ class RetinaNetHead(nn.Module):
         """
         cfg = self.config
         logits, deltas = outputs
-        probs = [flatten_per_location(x, self.num_classes).sigmoid() for x in logits]
+        # float32 post-processing whatever the network's dtype (NMS wants one dtype for boxes and scores).
+        probs = [flatten_per_location(x, self.num_classes).float().sigmoid() for x in logits]
         deltas = [flatten_per_location(x, 4) for x in deltas]
         results = []
         for i in range(num_images):

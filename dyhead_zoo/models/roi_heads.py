@@ -39,14 +39,18 @@ def pool_boxes(features: list[Tensor], strides: list[int], boxes: list[Tensor], 
     max_level = int(math.log2(strides[-1]))
     rois = torch.cat([
         torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)
-    ]).to(features[0].dtype)
+    ]).float()
+    # Pooled in float32 whatever the features' dtype: half-precision box corners would be off by
+    # pixels, and torchvision's CPU roi_align has no bfloat16 kernel.
     if len(features) == 1:
-        return roi_align(features[0], rois, output_size, 1.0 / strides[0], sampling_ratio, aligned=True)
+        return roi_align(features[0].float(), rois, output_size, 1.0 / strides[0], sampling_ratio,
+                         aligned=True).to(features[0].dtype)
     out = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
     levels = assign_boxes_to_levels(torch.cat(boxes), min_level, max_level)
     for level, (x, stride) in enumerate(zip(features, strides)):
         index = (levels == level).nonzero().squeeze(1)
-        out[index] = roi_align(x, rois[index], output_size, 1.0 / stride, sampling_ratio, aligned=True)
+        out[index] = roi_align(x.float(), rois[index], output_size, 1.0 / stride, sampling_ratio,
+                               aligned=True).to(out.dtype)
     return out
 
 
@@ -128,7 +132,7 @@ class ROIHeads(nn.Module):
                             cfg.pooler_resolution, cfg.pooler_sampling_ratio)
         logits, deltas = self.box_predictor(self.box_head(pooled))
         boxes = apply_deltas(deltas, torch.cat(proposals), cfg.bbox_reg_weights)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits.float(), dim=-1)  # float32 post-processing whatever the network's dtype
         counts = [p.shape[0] for p in proposals]
         return [
             detections_from_boxes(b, p, size, cfg.score_thresh, cfg.nms_thresh, max_detections)

@@ -78,7 +78,8 @@ class RPN(nn.Module):
         cfg = self.config
         anchors = anchor_generator(features)
         logits, deltas = self.rpn_head(features)
-        logits = [flatten_per_location(x, 1).flatten(1) for x in logits]
+        # float32 post-processing whatever the network's dtype (NMS wants one dtype for boxes and scores).
+        logits = [flatten_per_location(x, 1).flatten(1).float() for x in logits]
         deltas = [flatten_per_location(x, 4) for x in deltas]
         return [
             top_proposals(anchors, [d[i] for d in deltas], [s[i] for s in logits], size,
