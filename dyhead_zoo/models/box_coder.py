@@ -35,3 +35,23 @@ def apply_deltas(deltas: Tensor, boxes: Tensor, weights: tuple[float, float, flo
     x2 = pred_ctr_x + 0.5 * pred_w
     y2 = pred_ctr_y + 0.5 * pred_h
     return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+
+
+def encode_deltas(boxes: Tensor, targets: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
+    """The (R, 4) deltas that :func:`apply_deltas` turns ``boxes`` (R, 4) XYXY into ``targets``
+    (R, 4) XYXY (detectron2 ``Box2BoxTransform.get_deltas``, no clamp): (dx, dy, dw, dh) times
+    ``weights``. ``boxes`` must have positive width and height."""
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    target_widths = targets[:, 2] - targets[:, 0]
+    target_heights = targets[:, 3] - targets[:, 1]
+    target_ctr_x = targets[:, 0] + 0.5 * target_widths
+    target_ctr_y = targets[:, 1] + 0.5 * target_heights
+    wx, wy, ww, wh = weights
+    dx = wx * (target_ctr_x - ctr_x) / widths
+    dy = wy * (target_ctr_y - ctr_y) / heights
+    dw = ww * torch.log(target_widths / widths)
+    dh = wh * torch.log(target_heights / heights)
+    return torch.stack((dx, dy, dw, dh), dim=1)
