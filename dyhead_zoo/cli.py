@@ -4,7 +4,9 @@
                     [--batch-size N] [--workers N] [--limit N] [--output-dir DIR]
     dyhead-zoo eval --model NAME --images DIR --annotations FILE ...   (any COCO-format set)
     dyhead-zoo reproduce --coco-root DIR [--models NAME ...] [--weights NAME=PATH ...]
-    dyhead-zoo info
+    dyhead-zoo info                                   (also: which variants' weights are cached, where)
+    dyhead-zoo download [NAME ...|--all] [--to DIR]   (fetch, check, print path + SHA-256)
+    dyhead-zoo convert | upload | pin-hashes ...      (maintainers: publishing the weights)
 
 Both evaluating commands resume an interrupted run from ``--output-dir`` and scale out under
 ``torchrun --nproc-per-node N`` (one or several nodes). ``--min-size``/``--max-size`` change
@@ -180,6 +182,43 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """``dyhead-zoo download``: fetch, check and report the weights (see :mod:`dyhead_zoo.download`)."""
+    from .download import download
+    from .registry import list_models
+
+    if args.all and args.names:
+        raise ValueError("give variant names or --all, not both")
+    return download(list_models() if args.all else args.names, args.to, progress=not args.no_progress)
+
+
+def _converter(module: str):
+    """A module of the installed ``dyhead_zoo.converters`` (``converters/`` in the repository)."""
+    try:
+        return importlib.import_module(f"dyhead_zoo.converters.{module}")
+    except ModuleNotFoundError as err:
+        if err.name not in ("dyhead_zoo.converters", f"dyhead_zoo.converters.{module}"):
+            raise
+        raise ValueError("the converters are not installed with this copy of dyhead_zoo; install the project "
+                         "(`pip install -e .` in the repository) or run `python -m converters."
+                         f"{module}` from the repository root") from err
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``dyhead-zoo convert``: checkpoint -> Hub folder (``converters/to_hub_folder.py``)."""
+    return _converter("to_hub_folder").run(args)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """``dyhead-zoo upload``: Hub folder -> the repo named by ``--repo`` (``converters/upload.py``)."""
+    return _converter("upload").run(args)
+
+
+def cmd_pin_hashes(args: argparse.Namespace) -> int:
+    """``dyhead-zoo pin-hashes``: SHA-256 of each official and mirror file (``converters/pin_hashes.py``)."""
+    return _converter("pin_hashes").run(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``dyhead-zoo train``: check the inputs, then train or fine-tune (see :func:`dyhead_zoo.train`)."""
     from .engine.run import train
@@ -250,8 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(rp)
     rp.set_defaults(func=cmd_reproduce)
 
-    info = commands.add_parser("info", help="versions, device and deformable-conv backend")
+    info = commands.add_parser("info", help="versions, device, deformable-conv backend, cached weights")
     info.set_defaults(func=cmd_info)
+
+    dl = commands.add_parser("download", help="fetch and check published weights, e.g. for a machine without network",
+                             description="Fetch the weights of the named variants from the first of their sources "
+                                         "that has them (project Hub repo, official URL, Hub mirror), check them "
+                                         "strictly, and print where each file is and its SHA-256. Exit status 0 "
+                                         "when all are ready, 1 when any failed.")
+    dl.add_argument("names", nargs="*", metavar="NAME", help="variants: " + ", ".join(list_models()))
+    dl.add_argument("--all", action="store_true", help="every variant")
+    dl.add_argument("--to", metavar="DIR", help="also copy each file into DIR as NAME.<suffix>, for --weights PATH "
+                                                "elsewhere (default: leave them in the caches)")
+    dl.add_argument("--no-progress", action="store_true", help="no download progress bars")
+    dl.set_defaults(func=cmd_download)
+
+    for name, module, func, help_text in (
+            ("convert", "to_hub_folder", cmd_convert, "checkpoint -> Hugging Face Hub folder (maintainers)"),
+            ("upload", "upload", cmd_upload, "upload a converted folder to a Hub repo you own (maintainers)"),
+            ("pin-hashes", "pin_hashes", cmd_pin_hashes, "SHA-256 of the official and mirror files to pin "
+                                                         "(maintainers; needs network)")):
+        sub = commands.add_parser(name, help=help_text)
+        try:
+            _converter(module).add_arguments(sub)
+        except ValueError as err:  # not installed: the command explains itself when run
+            sub.description = str(err)
+        sub.set_defaults(func=func)
     tr = commands.add_parser("train", help="train or fine-tune a variant on COCO-format data",
                              description="Train or fine-tune one variant with its official recipe (SGD/AdamW, "
                                          "warmup, LR steps at 2/3 and 8/9 of the run, training sizes, flip). "

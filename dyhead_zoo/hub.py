@@ -75,11 +75,13 @@ def _classes_line(config: ModelConfig) -> str:
     return f"{len(names)} classes, fine-tuned: {shown} (`class_names` in `config.json`)"
 
 
-def model_card(config: ModelConfig, source_url: str = "", source_sha256: str = "") -> ModelCard:
+def model_card(config: ModelConfig, source_url: str = "", source_sha256: str = "",
+               source_official: bool = False) -> ModelCard:
     """The ``README.md`` model card of ``config``: a YAML header (library, license, dataset,
     tags, the published COCO box AP as ``model-index``), a usage snippet and the citation.
-    ``source_url``/``source_sha256`` name the official checkpoint the weights were converted
-    from, when they were."""
+    ``source_sha256`` (and ``source_url`` when known) name the checkpoint the weights were
+    converted from, when they were; the card calls it the official checkpoint only when
+    ``source_official`` (its hash is the pinned one), and says "unverified source" otherwise."""
     data = ModelCardData(
         library_name=LIBRARY_NAME, license=LICENSE, datasets=[DATASET], tags=list(TAGS),
         pipeline_tag="object-detection", model_name=config.name,
@@ -91,11 +93,16 @@ def model_card(config: ModelConfig, source_url: str = "", source_sha256: str = "
     )
     repo = config.weights.hf_repo or "PATH/TO/FOLDER"
     provenance = ""
-    if source_url:
-        checksum = f" (SHA-256 `{source_sha256}`)" if source_sha256 else ""
-        provenance = (f"\nConverted from the official checkpoint <{source_url}>{checksum}: every tensor is "
-                      f"bit-identical to it. `dyhead_zoo.create_model(\"{config.name}\", pretrained=True)` "
-                      "fetches these weights (this repository first, the official `.pth` otherwise).\n")
+    if source_sha256 and source_official:
+        provenance = (f"\nConverted from the official checkpoint <{source_url or config.weights.url}> (SHA-256 "
+                      f"`{source_sha256}`, the hash pinned for it in dyhead-zoo's record of this variant): every "
+                      "tensor is bit-identical to it.\n")
+    elif source_sha256:
+        origin = f", downloaded from <{source_url}>," if source_url else ""
+        provenance = (f"\n**Unverified source.** Converted from a checkpoint with SHA-256 `{source_sha256}`{origin} "
+                      "which has not been matched against a pinned hash of the official release, so these "
+                      "weights are not known to be the official ones. Every tensor is bit-identical to that "
+                      "checkpoint.\n")
     body = f"""
 # {config.name}
 
@@ -134,12 +141,13 @@ for box, score, name in zip(detections.boxes, detections.scores, detections.labe
 
 
 def save_folder(state: Mapping[str, Tensor], config: ModelConfig, directory: str | os.PathLike,
-                source_url: str = "", source_sha256: str = "") -> Path:
+                source_url: str = "", source_sha256: str = "", source_official: bool = False) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``config`` into ``directory``.
 
     ``state`` is the full state_dict (official keys), written as stored; the safetensors
-    metadata records the variant and, for a conversion, the source URL and SHA-256.
-    Returns ``directory``.
+    metadata records the variant and, for a conversion, the input's SHA-256 (``source_sha256``),
+    its URL when known, and ``source``: ``official`` when ``source_official`` (the hash is the
+    pinned one), else ``unverified``. Returns ``directory``.
     """
     from safetensors.torch import save_file
 
@@ -150,11 +158,21 @@ def save_folder(state: Mapping[str, Tensor], config: ModelConfig, directory: str
         metadata["source_url"] = source_url
     if source_sha256:
         metadata["source_sha256"] = source_sha256
+        metadata["source"] = "official" if source_official else "unverified"
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(tensors, str(directory / SAFETENSORS_NAME), metadata=metadata)
     (directory / CONFIG_NAME).write_text(json.dumps(config_to_json(config), indent=2) + "\n")
-    model_card(config, source_url, source_sha256).save(directory / README_NAME)
+    model_card(config, source_url, source_sha256, source_official).save(directory / README_NAME)
     return directory
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` file (a folder means its ``model.safetensors``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path / SAFETENSORS_NAME if path.is_dir() else path), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_pretrained(cls: type[nn.Module], model_id: str, config: ModelConfig | Mapping[str, Any] | None, *,

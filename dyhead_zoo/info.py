@@ -1,4 +1,5 @@
-"""What ``dyhead-zoo info`` prints: versions, devices and the deformable-conv backend in use."""
+"""What ``dyhead-zoo info`` prints: versions, devices, the deformable-conv backend in use and
+which variants' weights are cached."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from importlib import metadata
 import torch
 
 from . import __version__
-from .ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check
+from .ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check, training_backend
 
 
 def _version(package: str) -> str:
@@ -34,9 +35,12 @@ def _device_name(device: torch.device) -> str:
 def describe() -> str:
     """A few lines: python/torch/torchvision/timm/triton/dyhead_zoo versions, then per device
     the deformable-conv backend that will run there and every backend available on it with
-    the result of its start-up self-check (``ok`` or ``FAILED``). Running the self-checks is
+    the result of its start-up self-check (``ok`` or ``FAILED``), then which variants' weights
+    are cached and where (:func:`dyhead_zoo.download.cache_listing`). Running the self-checks is
     the point, so this takes about a second on CPU and a few more on a GPU (Triton compiles).
     """
+    from .download import cache_listing
+
     lines = [
         f"python       {platform.python_version()}",
         f"torch        {torch.__version__}",
@@ -56,4 +60,9 @@ def describe() -> str:
                            for name in available_backends(device))
         lines.append(f"device       {_device_name(device)}")
         lines.append(f"  dcn backend {chosen}  (available: {checks})")
-    return "\n".join(lines)
+        try:
+            trains = training_backend(device)
+        except ValueError as err:
+            trains = f"error: {err}"
+        lines.append(f"  dcn training backend {trains}  (used when gradients are recorded)")
+    return "\n".join(lines + cache_listing())

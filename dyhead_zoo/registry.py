@@ -50,8 +50,10 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     """Build variant ``name`` in eval mode.
 
     ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``) loaded strictly;
-    ``pretrained=True`` downloads the published weights instead; ``config`` overrides the
-    variant's settings (build it with ``dataclasses.replace(get_config(name), ...)``).
+    ``pretrained=True`` fetches the published weights instead (each source of the variant's
+    record in order, checked strictly before use; see :func:`dyhead_zoo.weights.fetch_weights`);
+    ``config`` overrides the variant's settings (build it with
+    ``dataclasses.replace(get_config(name), ...)``).
     """
     from .models.detector import DyHeadDetector
     from .checkpoint import load_checkpoint
@@ -72,15 +74,20 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
 def weight_sources(name: str) -> dict[str, object]:
     """Where the published weights of variant ``name`` come from and what they reach.
 
-    Keys: ``url`` (the official ``.pth``), ``hf_repo`` (its converted ``model.safetensors``,
-    tried first by ``pretrained=True``), ``sha256`` (pinned hash of the ``.pth``, "" if none),
+    Keys: ``sources`` (every source in the order ``pretrained=True`` tries them, as dicts with
+    ``role``, ``url`` or ``repo``/``revision``/``filename``, and the pinned ``sha256``),
+    ``url`` (the official ``.pth``), ``hf_repo`` (this project's repo with the converted
+    ``model.safetensors``), ``sha256`` (pinned hash of the ``.pth``, "" if none),
     ``num_params``, ``coco_map`` (published COCO box AP), ``categories`` (the 80 COCO class
     names in label order) and ``pth_cache_path`` (where the ``.pth`` is kept once fetched).
     """
+    import dataclasses
+
     from .data.categories import COCO_CLASS_NAMES
     from .weights import pth_cache_path
 
     config = get_config(name)
-    return {"url": config.weights.url, "hf_repo": config.weights.hf_repo, "sha256": config.weights.sha256,
+    return {"sources": [dataclasses.asdict(s) for s in config.weights.sources],
+            "url": config.weights.url, "hf_repo": config.weights.hf_repo, "sha256": config.weights.sha256,
             "num_params": config.weights.num_params, "coco_map": config.published_map,
             "categories": list(COCO_CLASS_NAMES), "pth_cache_path": str(pth_cache_path(config))}

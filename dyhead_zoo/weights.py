@@ -1,28 +1,42 @@
-"""Fetching the published weights once into the usual caches.
+"""Fetching the published weights once into the usual caches, checked before use.
 
-Two sources per variant, both recorded in its ``configs/*.toml`` ``[weights]`` section: the
-converted ``model.safetensors`` in a Hugging Face Hub repo (preferred; kept in the Hugging Face
-cache) and the official release's ``.pth`` (the fallback; kept in the torch hub cache,
-``torch.hub.get_dir()/checkpoints``). Downloads go to a temporary file beside the target and
-are renamed into place only once complete, so a half-written file is never used.
+Each variant's ``configs/*.toml`` ``[weights]`` section lists its sources in the order they
+are tried: this project's Hub repo (the converted ``model.safetensors``), the official
+release's ``.pth`` and a public mirror on the Hub. Hub files live in the Hugging Face cache
+(``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` honoured), URLs in the torch hub cache
+(``torch.hub.get_dir()/checkpoints``). Downloads go to a temporary file beside the target and
+are renamed into place only once complete. Whatever is fetched must hold exactly the variant's
+tensors (names, shapes, dtype kinds) before it is used; a file that does not is reported with
+its source and first mismatching key, and the next source is tried. Before touching the
+network a source's host is probed once with a short timeout, so an offline machine fails in
+seconds (cached files still load) instead of waiting through the Hub client's retries.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import http.client
 import logging
 import os
+import socket
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from .checkpoint import SAFETENSORS_NAME
-from .config import ModelConfig
+from .checkpoint import file_sha256, read_state_dict
+from .config import ModelConfig, WeightSource, WeightSources
 
 logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 3.0  # one TCP connect per host before downloading; offline machines fail fast
+ROLES = ("project", "official", "mirror")
 
 
 class WeightsDownloadError(OSError):
@@ -36,18 +50,31 @@ class WeightsDownloadError(OSError):
         self.reason = reason or message
 
 
-def pth_cache_path(config: ModelConfig) -> Path:
-    """Where the official ``.pth`` of ``config`` is kept: ``torch.hub.get_dir()/checkpoints/<file>``
+@dataclass(frozen=True)
+class FetchedWeights:
+    """A weights file that passed the strict check, and the source it came from."""
+
+    source: WeightSource
+    path: Path
+    sha256: str = ""  # of the file at ``path``; computed when pinned or asked for
+
+
+def url_cache_path(url: str) -> Path:
+    """Where the file at ``url`` is kept: ``torch.hub.get_dir()/checkpoints/<file name>``
     (``TORCH_HOME`` and ``torch.hub.set_dir`` move it)."""
-    filename = os.path.basename(urllib.parse.urlparse(config.weights.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def pth_cache_path(config: ModelConfig) -> Path:
+    """Where the official ``.pth`` of ``config`` is kept once fetched (see :func:`url_cache_path`)."""
+    return url_cache_path(config.weights.url)
 
 
 def _failure(url: str, target: Path, reason: str) -> WeightsDownloadError:
     return WeightsDownloadError(
         f"downloading {url} to {target} failed: {reason}; nothing was kept. Try again, or download the "
         f"file by hand and save it as {target}, or pass weights=PATH (a .pth or .safetensors file) to "
-        "create_model.", reason=reason)
+        "create_model (--weights PATH on the dyhead-zoo command line).", reason=reason)
 
 
 def download_url(url: str, target: str | os.PathLike, sha256: str = "", progress: bool = True,
@@ -95,55 +122,219 @@ def download_url(url: str, target: str | os.PathLike, sha256: str = "", progress
     return target
 
 
-def fetch_official_checkpoint(config: ModelConfig, progress: bool = True) -> Path:
-    """The official ``.pth`` of ``config`` in the torch hub cache, downloaded first if absent."""
-    target = pth_cache_path(config)
-    if target.is_file():
-        return target
-    return download_url(config.weights.url, target, config.weights.sha256, progress)
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """Try one TCP connection to ``url``'s host (or to the proxy configured for it).
+
+    Returns "" when it opens within ``timeout`` seconds, else the reason, e.g.
+    ``cannot connect to huggingface.co:443 ([Errno -3] Temporary failure in name resolution)``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return ""
+    except OSError as err:
+        return f"cannot connect to {host}:{port} ({err or type(err).__name__})"
 
 
-def fetch_hub_weights(config: ModelConfig) -> Path:
-    """``model.safetensors`` of ``config``'s Hub repo, through the Hugging Face cache (which
-    honours ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and the usual token)."""
-    from huggingface_hub import hf_hub_download
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _skip(reason: str) -> WeightsDownloadError:
+    """One source failed; ``reason`` goes into the list of sources tried."""
+    return WeightsDownloadError(reason, reason=reason)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _silent_tqdm():
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+def fetch_source(source: WeightSource, progress: bool = True, probes: dict[str, str] | None = None) -> Path:
+    """Local path of ``source``'s file, from the cache or downloaded into it.
+
+    Hub sources go through the Hugging Face cache, URLs through the torch hub cache. The host
+    is probed first (results shared through ``probes``, keyed by host URL); unreachable, only
+    a cached file can be returned. Raises :class:`WeightsDownloadError` with the short reason.
+    """
+    from huggingface_hub import constants, hf_hub_download
 
     from . import __version__
 
-    return Path(hf_hub_download(config.weights.hf_repo, SAFETENSORS_NAME,
-                                library_name="dyhead-zoo", library_version=__version__))
+    probes = {} if probes is None else probes
+
+    def unreachable(url: str) -> str:
+        key = urllib.parse.urlsplit(url)._replace(path="", query="", fragment="").geturl()
+        if key not in probes:
+            probes[key] = probe(url)
+        return probes[key]
+
+    if source.url:
+        target = url_cache_path(source.url)
+        if target.is_file():
+            return target
+        if reason := unreachable(source.url):
+            raise _skip(f"not cached, and no network: {reason}")
+        return download_url(source.url, target, source.sha256, progress)
+    offline = constants.is_offline_mode()
+    reason = "" if offline else unreachable(_hub_endpoint())
+    try:
+        return Path(hf_hub_download(source.repo, source.filename, revision=source.revision,
+                                    local_files_only=offline or bool(reason), library_name="dyhead-zoo",
+                                    library_version=__version__, tqdm_class=None if progress else _silent_tqdm()))
+    except Exception as err:  # noqa: BLE001 - any failure of one source means trying the next
+        cause = _short(err)
+        if offline:
+            cause = f"not cached, and HF_HUB_OFFLINE is set ({cause})"
+        elif reason:
+            cause = f"not cached, and no network: {reason}"
+        raise _skip(cause) from err
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every state_dict entry of ``config``'s model, in order.
+
+    Built on the meta device, so no memory is allocated and no weights are initialised.
+    """
+    # The weight sources do not change the tensors: one model build per architecture.
+    return _expected_tensors(dataclasses.replace(config, weights=WeightSources(config.weights.num_params)))
+
+
+@functools.cache
+def _expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    from .models.detector import DyHeadDetector
+
+    with torch.device("meta"):
+        model = DyHeadDetector(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def first_mismatch(expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                   state: Mapping[str, Tensor]) -> str:
+    """The first way ``state`` differs from ``expected`` (missing key, unexpected key, shape,
+    or dtype kind: float vs integer vs bool), as one phrase naming the key; "" when it matches.
+
+    Floating-point precision may differ (fp16 values load into float32 weights); kinds may not.
+    """
+    for key, (shape, dtype) in expected.items():
+        if key not in state:
+            return f"missing key {key}"
+        value = state[key]
+        if tuple(value.shape) != shape:
+            return f"{key}: shape {tuple(value.shape)}, the model has {shape}"
+        if _dtype_kind(value.dtype) != _dtype_kind(dtype):
+            return f"{key}: dtype {value.dtype}, the model has {dtype}"
+    unexpected = next((k for k in state if k not in expected), None)
+    return f"unexpected key {unexpected}" if unexpected is not None else ""
+
+
+def _check_file(config: ModelConfig, source: WeightSource, path: Path, sha256: str) -> None:
+    if source.sha256 and sha256 != source.sha256.lower():
+        raise _skip(f"{path} has SHA-256 {sha256}, not the pinned {source.sha256}; not used")
+    try:
+        state = read_state_dict(path)  # never arbitrary unpickling for downloaded files
+    except (OSError, ValueError) as err:
+        raise _skip(f"not a readable checkpoint ({_short(err)}); not used") from err
+    if mismatch := first_mismatch(expected_tensors(config), state):
+        raise _skip(f"{path} does not hold the weights of {config.name} (first mismatching key: "
+                    f"{mismatch}); not used")
+
+
+def fetch_weights(config: ModelConfig, progress: bool = True, roles: Iterable[str] | None = None,
+                  with_sha256: bool = False) -> FetchedWeights:
+    """The published weights of ``config``, from the first of its sources that has them.
+
+    Tries ``config.weights.sources`` in order (only those whose role is in ``roles`` when
+    given), each through its cache; a file must match its pinned SHA-256 (if any) and hold
+    exactly the variant's tensor names, shapes and dtype kinds, else it is reported (logged
+    as a warning: source, path, first mismatching key), left unused, and the next source is
+    tried. ``with_sha256`` computes the file's SHA-256 even when none is pinned. When no
+    source works, raises :class:`WeightsDownloadError` listing each source and why it failed,
+    and how to install the weights on a machine without network.
+    """
+    wanted = set(ROLES if roles is None else roles)
+    unknown = wanted - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown weight source roles {sorted(unknown)}; use {', '.join(ROLES)}")
+    sources = [s for s in config.weights.sources if s.role in wanted]
+    failures, probes = [], {}
+    for source in sources:
+        try:
+            path = fetch_source(source, progress, probes)
+            sha256 = file_sha256(path) if (with_sha256 or source.sha256) else ""
+            _check_file(config, source, path, sha256)
+            return FetchedWeights(source, path, sha256)
+        except WeightsDownloadError as err:
+            failures.append(f"{source.label}: {err.reason}")
+            log = logger.warning if "not used" in err.reason else logger.info
+            log("weights of %s: %s: %s", config.name, source.label, err.reason)
+    raise WeightsDownloadError(_advice(config, failures, sources),
+                               reason="; ".join(failures) or "no weight source of the requested roles")
+
+
+def _advice(config: ModelConfig, failures: list[str], sources: list[WeightSource]) -> str:
+    from huggingface_hub import constants
+
+    by_hand = []
+    for source in sources:
+        if source.url:
+            by_hand.append(f"download {source.url} and save it as {url_cache_path(source.url)}")
+        else:
+            by_hand.append(f"`hf download {source.repo} {source.filename} --revision {source.revision}` "
+                           f"(kept in {constants.HF_HUB_CACHE})")
+    return (f"could not get the weights of {config.name}:\n" + "".join(f"  - {f}\n" for f in failures)
+            + "To install them (for example for a machine without network):\n"
+            + f"  - run `dyhead-zoo download {config.name}` where there is network, and copy the caches it "
+              "names (or its --to DIR) to this machine;\n"
+            + "".join(f"  - or {step};\n" for step in by_hand)
+            + "  - or pass weights=PATH (a .pth or .safetensors file) to create_model; on the dyhead-zoo "
+              "command line: --weights PATH.")
 
 
 def download_weights(config: ModelConfig, progress: bool = True) -> Path:
-    """Local path of the published weights of ``config``, fetched once into the usual caches.
+    """Local path of the published weights of ``config``, fetched and checked by :func:`fetch_weights`."""
+    return fetch_weights(config, progress).path
 
-    Tries the Hub repo's ``model.safetensors`` first, then the official ``.pth``. When
-    neither can be had, raises :class:`WeightsDownloadError` listing both sources, why each
-    failed, and where to put a file downloaded by hand.
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.errors import EntryNotFoundError
 
-    failures = []
-    if config.weights.hf_repo:
-        try:
-            return fetch_hub_weights(config)
-        except (OSError, EntryNotFoundError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if constants.is_offline_mode():
-                reason += " (HF_HUB_OFFLINE is set)"
-            failures.append(f"Hugging Face Hub repo {config.weights.hf_repo} ({SAFETENSORS_NAME}): {reason}")
-            logger.info("no %s from %s (%s); trying %s", SAFETENSORS_NAME, config.weights.hf_repo, reason,
-                        config.weights.url)
-    target = pth_cache_path(config)
-    try:
-        return fetch_official_checkpoint(config, progress)
-    except WeightsDownloadError as err:
-        failures.append(f"official checkpoint {config.weights.url}: {err.reason}")
-    hub_step = (f"\n  - or download {SAFETENSORS_NAME} from https://huggingface.co/{config.weights.hf_repo} "
-                f"with `hf download {config.weights.hf_repo}` (kept in {constants.HF_HUB_CACHE});"
-                if config.weights.hf_repo else "")
-    raise WeightsDownloadError(
-        f"could not get the weights of {config.name}:\n" + "".join(f"  - {f}\n" for f in failures)
-        + f"To install them by hand (for example when offline):\n  - download {config.weights.url} and save it "
-        f"as {target};" + hub_step + "\n  - or pass weights=PATH (a .pth or .safetensors file) to create_model.")
+def cached_weights(config: ModelConfig) -> list[tuple[WeightSource, Path]]:
+    """(source, path) for each of ``config``'s sources whose file is already in its cache, in
+    source order. Nothing is read or checked: that happens when the weights are used."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = []
+    for source in config.weights.sources:
+        if source.url:
+            path = url_cache_path(source.url)
+            if path.is_file():
+                found.append((source, path))
+            continue
+        hit = try_to_load_from_cache(source.repo, source.filename, revision=source.revision)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            found.append((source, Path(hit)))
+    return found

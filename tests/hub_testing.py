@@ -26,6 +26,12 @@ if str(REPO_ROOT) not in sys.path:  # converters/ and hubconf.py live at the rep
 _SCRATCH = Path(tempfile.mkdtemp(prefix="dyhead-zoo-tests-"))
 atexit.register(shutil.rmtree, _SCRATCH, True)
 
+# The public Hub mirror of the official checkpoints (issue 14): repo and file of each variant.
+MIRROR_REPO = "fuliucansheng/detectron2"
+MIRROR_FILES = {"dyhead_r50_atss_fpn_1x": "atss_r50_model.bin", "dyhead_r50_rcnn_fpn_1x": "faster_rcnn_r50_model.bin",
+                "dyhead_r50_retina_fpn_1x": "retinanet_r50_model.bin",
+                "dyhead_swint_atss_fpn_2x_ms": "atss_swin_tiny_model.bin"}
+
 
 @functools.cache
 def official_pth(name: str, seed: int = 0) -> Path:
@@ -39,9 +45,35 @@ def official_pth(name: str, seed: int = 0) -> Path:
 @functools.cache
 def converted_folder(name: str) -> Path:
     """The converter's Hub folder for :func:`official_pth` of ``name``."""
-    from converters.to_hub_folder import convert
+    from dyhead_zoo.converters.to_hub_folder import convert
 
     return convert(name, _SCRATCH / "hub" / name, official_pth(name), progress=False)
+
+
+def cache_hub_file(cache: Path, repo: str, filename: str, file: Path) -> Path:
+    """Put ``file`` into the Hugging Face cache ``cache`` as ``repo``'s ``filename`` at ``main``
+    (blob, snapshot symlink, refs/main), as a real download leaves it; returns the snapshot path."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    blob = storage / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    if not blob.exists():
+        os.link(file, blob)
+    link = storage / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / "main").write_text(commit)
+    return link
+
+
+@functools.cache
+def bare_pth(name: str) -> Path:
+    """The seeded official-layout weights saved as a bare state_dict (no ``{"model": ...}``)."""
+    path = _SCRATCH / "bare" / f"{name}.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(official_state_dict(name), path)
+    return path
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -93,12 +125,12 @@ def offline_caches(monkeypatch, tmp_path):
 
 
 class LoopbackServer:
-    """HTTP on 127.0.0.1 serving ``files[name]``: ``/ok/NAME`` whole, ``/truncated/NAME`` half of
+    """HTTP on 127.0.0.1 serving ``files[name]`` (bytes, or a Path read per request): ``/ok/NAME`` whole, ``/truncated/NAME`` half of
     it under the full Content-Length, ``/error/NAME`` an HTTP 500; under ``/hub/`` a Hugging Face
     endpoint where every repo is missing. ``requests`` logs the paths."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
+        self.files: dict[str, bytes | Path] = {}
         self.requests: list[str] = []
         server = self
 
@@ -119,6 +151,8 @@ class LoopbackServer:
                     self.end_headers()
                     return
                 data = server.files.get(name)
+                if isinstance(data, Path):
+                    data = data.read_bytes()
                 if data is None or mode not in ("ok", "truncated"):
                     self.send_error(404 if data is None else 500)
                     return

@@ -15,6 +15,7 @@ import torch
 
 import dyhead_zoo
 from conftest import manifest, official_state_dict
+from dyhead_zoo.config import WeightSource
 from dyhead_zoo.data.categories import COCO_CLASS_NAMES
 from dyhead_zoo.registry import weight_sources
 from dyhead_zoo.weights import WeightsDownloadError, download_url, download_weights, pth_cache_path
@@ -25,9 +26,12 @@ NAME = "dyhead_r50_atss_fpn_1x"
 
 
 def with_sources(name: str, url: str, hf_repo: str | None = None, sha256: str = "") -> dyhead_zoo.ModelConfig:
+    """``name``'s config with two sources: the project repo (``hf_repo``; default the real one),
+    then the official file at ``url``; no mirror."""
     config = dyhead_zoo.get_config(name)
-    weights = dataclasses.replace(config.weights, url=url, sha256=sha256,
-                                  hf_repo=config.weights.hf_repo if hf_repo is None else hf_repo)
+    project = WeightSource("project", repo=config.weights.hf_repo if hf_repo is None else hf_repo,
+                           filename="model.safetensors")
+    weights = dataclasses.replace(config.weights, sources=(project, WeightSource("official", url=url, sha256=sha256)))
     return dataclasses.replace(config, weights=weights)
 
 
@@ -94,10 +98,10 @@ def test_missing_hub_repo_falls_back_to_the_pth(loopback, offline_caches, monkey
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    loopback.files["w.pth"] = b"official bytes"
+    loopback.files["w.pth"] = official_pth(NAME).read_bytes()
     path = download_weights(with_sources(NAME, loopback.url("ok", "w.pth"), hf_repo="nobody/no-such-repo"),
                             progress=False)
-    assert path == offline_caches.checkpoints / "w.pth" and path.read_bytes() == b"official bytes"
+    assert path == offline_caches.checkpoints / "w.pth" and path.read_bytes() == loopback.files["w.pth"]
     assert "/hub/nobody/no-such-repo/resolve/main/model.safetensors" in loopback.requests
     assert loopback.requests[-1] == "/ok/w.pth"
 
@@ -123,7 +127,7 @@ def test_offline_without_weights_explains_the_manual_steps(offline_caches):
     for part in (config.weights.hf_repo, url, str(offline_caches.checkpoints / f"{NAME}.pth"),
                  "weights=PATH", f"hf download {config.weights.hf_repo}"):
         assert part in message
-    assert not any(offline_caches.checkpoints.iterdir())
+    assert not offline_caches.checkpoints.exists() or not any(offline_caches.checkpoints.iterdir())
 
 
 def test_pretrained_in_a_fresh_process_with_hf_hub_offline(tmp_path):
