@@ -54,20 +54,21 @@ def _device(requested: str | None) -> str:
 
 def _check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
     for name, path in weights.items():
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint for {name} not found: {path}")
     if any(name not in weights for name in names) and importlib.util.find_spec("dyhead_zoo.weights") is None:
         raise ValueError("this install cannot download the published weights; pass a local checkpoint "
                          "with --weights")
 
 
-def _load_data(args: argparse.Namespace):
+def _load_data(args: argparse.Namespace, class_names: Sequence[str] | None = None):
     from .data.coco_data import check_image_files, load_coco
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
                          f"{args.workers}")
-    data = load_coco(*_data_paths(args))
+    # A fine-tuned model scores its own classes, matched to the file's categories by name.
+    data = load_coco(*_data_paths(args), **({"class_names": class_names} if class_names else {}))
     check_image_files(data.first(args.limit))
     return data
 
@@ -95,7 +96,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     weights = {args.model: args.weights} if args.weights else {}
     _check_weights([args.model], weights)
     config = eval_config(args.model, args.min_size, args.max_size)
-    data = _load_data(args)
+    if args.weights and Path(args.weights).is_dir():  # e.g. a fine-tuned run's OUTPUT/model_final
+        from .hub import folder_config
+
+        config, _ = folder_config(args.weights, config)
+    data = _load_data(args, config.class_names)
     device = _device(args.device)
     with distributed(device) as group:
         model = create_model(args.model, pretrained=args.weights is None, weights=args.weights, config=config,

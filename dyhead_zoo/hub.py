@@ -175,6 +175,28 @@ def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def folder_config(folder: str | os.PathLike, base: ModelConfig) -> tuple[ModelConfig, Path]:
+    """``base`` with the classes of a model folder (``config.json``'s ``class_names``, e.g. a
+    fine-tuned ``OUTPUT/model_final/``) and the folder's ``model.safetensors`` path.
+
+    ``base`` keeps everything else (e.g. a test size chosen by the caller); a folder without
+    ``config.json`` leaves it unchanged. Raises ``FileNotFoundError`` when the weights file is missing.
+    """
+    import dataclasses
+
+    folder = Path(folder)
+    weights = folder / SAFETENSORS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {SAFETENSORS_NAME}; give a checkpoint file or a folder written by "
+                                "save_pretrained / dyhead-zoo train (OUTPUT/model_final)")
+    if (folder / CONFIG_NAME).is_file():
+        saved = config_from_json(json.loads((folder / CONFIG_NAME).read_text()))
+        if saved.name != base.name:
+            raise ValueError(f"{folder} holds {saved.name!r}, not {base.name!r}; pass --model {saved.name}")
+        base = dataclasses.replace(base, num_classes=saved.num_classes, class_names=saved.class_names)
+    return base, weights
+
+
 def load_pretrained(cls: type[nn.Module], model_id: str, config: ModelConfig | Mapping[str, Any] | None, *,
                     revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                     force_download: bool = False, local_files_only: bool = False,

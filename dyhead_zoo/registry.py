@@ -49,7 +49,8 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
                  config: ModelConfig | None = None, device: str | None = None):
     """Build variant ``name`` in eval mode.
 
-    ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``) loaded strictly;
+    ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``, or a folder with
+    ``model.safetensors`` + ``config.json`` whose classes are used) loaded strictly;
     ``pretrained=True`` fetches the published weights instead (each source of the variant's
     record in order, checked strictly before use; see :func:`dyhead_zoo.weights.fetch_weights`);
     ``config`` overrides the variant's settings (build it with
@@ -58,6 +59,10 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     from .models.detector import DyHeadDetector
     from .checkpoint import load_checkpoint
 
+    if weights is not None and os.path.isdir(weights):  # a from_pretrained folder: it names its classes
+        from .hub import folder_config
+
+        config, weights = folder_config(weights, config or get_config(name))
     model = DyHeadDetector(config or get_config(name))
     if weights is not None:
         load_checkpoint(model, weights)
