@@ -176,11 +176,12 @@ def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def folder_config(folder: str | os.PathLike, base: ModelConfig) -> tuple[ModelConfig, Path]:
-    """``base`` with the classes of a model folder (``config.json``'s ``class_names``, e.g. a
-    fine-tuned ``OUTPUT/model_final/``) and the folder's ``model.safetensors`` path.
+    """The config of a model folder (its ``config.json``: classes and architecture, e.g. a
+    fine-tuned ``OUTPUT/model_final/``) with ``base``'s input settings (the test size the caller
+    chose), and the folder's ``model.safetensors`` path.
 
-    ``base`` keeps everything else (e.g. a test size chosen by the caller); a folder without
-    ``config.json`` leaves it unchanged. Raises ``FileNotFoundError`` when the weights file is missing.
+    A folder without ``config.json`` gives ``base`` unchanged. Raises ``FileNotFoundError`` when
+    the weights file is missing and ``ValueError`` when the folder holds another variant.
     """
     import dataclasses
 
@@ -193,7 +194,7 @@ def folder_config(folder: str | os.PathLike, base: ModelConfig) -> tuple[ModelCo
         saved = config_from_json(json.loads((folder / CONFIG_NAME).read_text()))
         if saved.name != base.name:
             raise ValueError(f"{folder} holds {saved.name!r}, not {base.name!r}; pass --model {saved.name}")
-        base = dataclasses.replace(base, num_classes=saved.num_classes, class_names=saved.class_names)
+        base = dataclasses.replace(saved, input=base.input)
     return base, weights
 
 
