@@ -37,8 +37,8 @@ def _cache_roots() -> dict[str, Path]:
     import torch
     from huggingface_hub import constants
 
-    return {"torch hub cache (TORCH_HOME)": Path(torch.hub.get_dir()) / "checkpoints",
-            "Hugging Face cache (HF_HUB_CACHE)": Path(constants.HF_HUB_CACHE)}
+    return {"torch hub cache": Path(torch.hub.get_dir()) / "checkpoints",
+            "Hugging Face cache": Path(constants.HF_HUB_CACHE)}
 
 
 def download(names: Sequence[str], to: str | os.PathLike | None = None, progress: bool = True,
@@ -81,9 +81,9 @@ def download(names: Sequence[str], to: str | os.PathLike | None = None, progress
               "(or weights=PATH to dyhead_zoo.create_model).", file=out)
     elif ready:
         roots = _cache_roots()
-        print("For a machine without network, copy these caches to the same place there (or point the "
-              "variables at the copies), and set HF_HUB_OFFLINE=1:", file=out)
-        for label in sorted(used_roots):
+        print("For a machine without network, copy these folders to the same paths there (or set TORCH_HOME / "
+              "HF_HUB_CACHE to where the copies are) and set HF_HUB_OFFLINE=1:", file=out)
+        for label in sorted(used_roots, reverse=True):
             print(f"  {roots[label]}  ({label})", file=out)
     return 0 if ready == len(configs) else 1
 
@@ -95,7 +95,7 @@ def cache_listing(names: Sequence[str] | None = None) -> list[str]:
 
     names = list(names) if names is not None else list_models()
     roots = _cache_roots()
-    lines = ["weights      " + "; ".join(f"{label} {root}" for label, root in roots.items())]
+    lines = [f"{'weights' if i == 0 else '':<13}{label:<19}{root}" for i, (label, root) in enumerate(roots.items())]
     width = max((len(n) for n in names), default=0)
     for name in names:
         found = cached_weights(get_config(name))

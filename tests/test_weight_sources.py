@@ -198,8 +198,10 @@ def test_info_lists_which_variants_are_cached(monkeypatch, loopback, offline_cac
     (offline_caches.checkpoints).mkdir(parents=True)
     os.link(official_pth(NAME), offline_caches.checkpoints / f"{swin}.pth")  # any file: listing does not read
     lines = cache_listing()
-    assert str(offline_caches.hf_cache) in lines[0] and str(offline_caches.checkpoints) in lines[0]
-    by_name = {line.split()[0]: line for line in lines[1:]}
+    assert re.fullmatch(rf"weights +torch hub cache +{re.escape(str(offline_caches.checkpoints))}", lines[0])
+    assert re.fullmatch(rf" +Hugging Face cache +{re.escape(str(offline_caches.hf_cache))}", lines[1])
+    by_name = {line.split()[0]: line for line in lines[2:]}
+    assert sorted(by_name) == dyhead_zoo.list_models()
     assert re.search(rf"cached, project: {re.escape(str(offline_caches.hf_cache))}/models--dyhead-zoo--{NAME}/"
                      r"snapshots/\w+/model\.safetensors \([\d,.]+ MB\)", by_name[NAME])
     assert f"cached, official: {offline_caches.checkpoints / (swin + '.pth')}" in by_name[swin]
