@@ -44,7 +44,7 @@ def _build_bottom_up(config: ModelConfig) -> nn.Module:
     if config.backbone == "swin_t":
         from .swin import SwinTransformer
 
-        return SwinTransformer()
+        return SwinTransformer(drop_path_rate=config.drop_path_rate)
     raise ValueError(f"unknown backbone {config.backbone!r}")
 
 
@@ -59,7 +59,8 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         super().__init__()
         self.config = config
         fpn = FPN(_build_bottom_up(config), config.fpn_in_features, config.fpn_channels, config.top_block)
-        self.backbone = DyHeadBackbone(fpn, config.fpn_channels, config.dyhead_num_blocks)
+        self.backbone = DyHeadBackbone(fpn, config.fpn_channels, config.dyhead_num_blocks,
+                                       config.gradient_checkpointing)
         self.levels = list(fpn.out_features)
         anchors = config.anchors
         if config.meta_architecture == "GeneralizedRCNN":

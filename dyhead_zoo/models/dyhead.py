@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops.deform_conv import modulated_deform_conv2d
 
@@ -105,12 +106,23 @@ class DyConv(nn.Module):
 
 
 class DyHeadBackbone(nn.Module):
-    """FPN (``backbone``) followed by the DyHead tower (``dyhead_tower``)."""
+    """FPN (``backbone``) followed by the DyHead tower (``dyhead_tower``).
 
-    def __init__(self, fpn: nn.Module, channels: int, num_blocks: int) -> None:
+    With ``gradient_checkpointing`` each DyHead block keeps only its input for the backward
+    pass and recomputes its activations there: the same gradients for less memory and about
+    one more forward of the tower. It acts only when gradients are being recorded.
+    """
+
+    def __init__(self, fpn: nn.Module, channels: int, num_blocks: int, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.backbone = fpn
         self.dyhead_tower = nn.Sequential(*[DyConv(channels) for _ in range(num_blocks)])
+        self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return self.dyhead_tower(self.backbone(x))
+        features = self.backbone(x)
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return self.dyhead_tower(features)
+        for block in self.dyhead_tower:
+            features = checkpoint(block, features, use_reentrant=False)
+        return features

@@ -2,8 +2,9 @@
 
 Same arithmetic as the backbone of the official ``dyhead_swint_atss_fpn_2x_ms`` model
 (microsoft/DynamicHead ``extra/swint.py``); module attribute names follow its checkpoint
-keys (``backbone.backbone.bottom_up.*`` with that prefix removed). Inference only:
-dropout and stochastic depth are identity in eval mode and are left out.
+keys (``backbone.backbone.bottom_up.*`` with that prefix removed). Stochastic depth (drop
+path, rate rising linearly over the blocks from 0 to ``drop_path_rate``) acts in training
+mode only; the official model has no dropout.
 
 Points where this variant differs from timm's ``SwinTransformer``:
 
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 __all__ = [
@@ -124,7 +125,7 @@ class SwinBlock(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
-        mlp_ratio: float = 4.0, qkv_bias: bool = True,
+        mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0 <= shift_size < window_size:
@@ -135,6 +136,8 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        # Per sample, drops the residual branch with probability drop_path (training only).
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, h: int, w: int, mask: Tensor | None) -> Tensor:
         """``x``: ``(B, h*w, C)``; ``mask`` is used only when ``shift_size > 0``."""
@@ -158,8 +161,8 @@ class SwinBlock(nn.Module):
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
         if pad_r or pad_b:
             y = y[:, :h, :w, :]
-        x = shortcut + y.reshape(b, h * w, c)
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + self.drop_path(y.reshape(b, h * w, c))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -187,15 +190,17 @@ class SwinStage(nn.Module):
 
     def __init__(
         self, dim: int, depth: int, num_heads: int, window_size: int = 7,
-        mlp_ratio: float = 4.0, downsample: bool = True,
+        mlp_ratio: float = 4.0, downsample: bool = True, drop_path: Sequence[float] = (),
     ) -> None:
         super().__init__()
+        drop_path = tuple(drop_path) or (0.0,) * depth
         self.window_size = window_size
         self.shift_size = window_size // 2
         self.blocks = nn.ModuleList(
             SwinBlock(
                 dim, num_heads, window_size,
                 shift_size=0 if i % 2 == 0 else self.shift_size, mlp_ratio=mlp_ratio,
+                drop_path=drop_path[i],
             )
             for i in range(depth)
         )
@@ -251,18 +256,24 @@ class SwinTransformer(nn.Module):
         window_size: int = 7,
         mlp_ratio: float = 4.0,
         out_indices: Sequence[int] = (1, 2, 3),
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError("depths and num_heads must have the same length")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         n = len(depths)
+        # The official rule: rates rise linearly from 0 to drop_path_rate over all blocks.
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(n)]
         self.out_indices = tuple(sorted(out_indices))
         self.num_features = [embed_dim * 2**i for i in range(n)]
         self.patch_embed = PatchEmbed(4, 3, embed_dim)
         self.layers = nn.ModuleList(
             SwinStage(
                 self.num_features[i], depths[i], num_heads[i], window_size, mlp_ratio,
-                downsample=i < n - 1,
+                downsample=i < n - 1, drop_path=rates[starts[i]:starts[i] + depths[i]],
             )
             for i in range(n)
         )

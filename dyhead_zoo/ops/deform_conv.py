@@ -10,6 +10,11 @@ reference), ``gather`` (corner gather + oneDNN/cuDNN 1x1 conv, :mod:`dyhead_zoo.
 and ``triton`` (one fused CUDA kernel, :mod:`dyhead_zoo.ops.dcn_triton`). ``"auto"``, the default,
 takes the fastest one that passes a start-up self-check against torchvision on the device;
 force one with the ``backend`` argument or ``$DYHEAD_DCN_BACKEND``.
+
+Training: ``torchvision`` and ``gather`` are differentiable (gradients for the input, offset,
+mask, weight and bias; for an offset read larger than the output the gradient lands in the
+leading memory that was read, zero elsewhere). ``triton`` is forward-only, so whenever
+gradients are recorded the automatic choice falls back to :func:`training_backend`.
 """
 from __future__ import annotations
 
@@ -218,6 +223,27 @@ def resolve_backend(name: str | None = None, device: torch.device | str | None =
         raise ValueError(f"deformable-conv backend {name!r} cannot run on {device}; choose one of "
                          f"{available_backends(device)} or {AUTO!r} (argument or ${ENV_VAR})")
     return name
+
+
+def is_differentiable(name: str) -> bool:
+    """Whether backend ``name`` supports autograd (can be used for training)."""
+    return name in _DIFFERENTIABLE
+
+
+def training_backend(device: torch.device | str = "cpu") -> str:
+    """The backend a training forward (gradients recorded) uses on ``device``.
+
+    ``$DYHEAD_DCN_BACKEND`` when it names a differentiable backend, else the fastest
+    differentiable one that passes its self-check (:func:`auto_backend`). A forward-only
+    backend named in ``$DYHEAD_DCN_BACKEND`` raises ``ValueError`` during training.
+    """
+    name = resolve_backend(None, device)
+    if is_differentiable(name):
+        return name
+    if (os.environ.get(ENV_VAR) or AUTO) != AUTO:
+        raise ValueError(f"deformable-conv backend {name!r} (${ENV_VAR}) is forward-only and cannot train; "
+                         f"unset ${ENV_VAR} or choose one of {sorted(_DIFFERENTIABLE)}")
+    return auto_backend(device, differentiable=True)
 
 
 def modulated_deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None,
