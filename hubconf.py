@@ -3,7 +3,8 @@
     model = torch.hub.load("/path/to/dyhead-zoo", "dyhead_r50_atss_fpn_1x", source="local", pretrained=True)
 
 Each entrypoint takes ``pretrained`` and the keyword arguments of ``dyhead_zoo.create_model``
-(``weights=PATH``, ``config=...``, ``device=...``).
+(``weights=PATH``, ``config=...``, ``device=...``, ``allow_unsafe_pickle=True`` for a trusted
+``.pth`` that needs arbitrary unpickling).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _entrypoint(name: str):
         f"{config.description}: Dynamic Head detector, COCO box AP {config.published_map} (published).\n\n"
         f"    pretrained: fetch the published weights ({config.weights.hf_repo} on the Hugging Face Hub,\n"
         f"    else {config.weights.url}). Other keyword arguments go to dyhead_zoo.create_model\n"
-        "    (weights=PATH, config=..., device=...). Returns the model in eval mode.\n")
+        "    (weights=PATH, config=..., device=..., allow_unsafe_pickle=True for a trusted .pth that needs\n"
+        "    arbitrary unpickling). Returns the model in eval mode.\n")
     return entrypoint
 
 

@@ -12,14 +12,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import CheckpointError
+
 SAFETENSORS_NAME = "model.safetensors"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """The checkpoint does not hold exactly the model's tensors."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CheckpointError):
     """The checkpoint can only be read by arbitrary unpickling, which the caller did not allow."""
 
 
@@ -99,9 +101,14 @@ def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({err}); it may be truncated by an "
+                                  "interrupted download: fetch it again") from err
     try:
         obj = _load_object(path, allow_unsafe_pickle)
     except Exception as err:  # noqa: BLE001 - torch raises several types for the same cause
@@ -112,11 +119,13 @@ def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
             raise UnsafeCheckpointError(
                 f"{path}: this checkpoint holds objects other than tensors and numpy arrays{culprit}, and "
                 "reading them needs arbitrary unpickling, which can run code. If you trust the file, pass "
-                "allow_unsafe_pickle=True, or convert it once with `python -m converters.to_hub_folder NAME "
+                "allow_unsafe_pickle=True (on the dyhead-zoo command line: --allow-unsafe-pickle), or convert it "
+                "once with `python -m converters.to_hub_folder NAME "
                 "--checkpoint PATH --allow-unsafe-pickle` and load the resulting model.safetensors with "
                 "weights=PATH") from err
         found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", message, re.S)
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({found.group(1) if found else message})") from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                              f"({found.group(1) if found else message})") from err
     state = _unwrap(obj, str(path))
     out: dict[str, Tensor] = {}
     for name, value in state.items():
@@ -150,17 +159,58 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         )
 
 
-def conform_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def check_values(model: nn.Module, state: Mapping[str, Tensor], allow_non_finite: bool = False) -> None:
+    """Raise :class:`~dyhead_zoo.errors.CheckpointError` when a value cannot stand for the
+    model's tensor: another kind of dtype (an int or bool tensor where the model has floats, or
+    the reverse; casting would hide a wrong file) or, unless ``allow_non_finite``, NaN or Inf in
+    a float tensor (the model would silently detect nothing). Names the offending tensors.
+    Keys missing from ``state`` are left to :func:`check_state_dict`.
+    """
+    expected = model.state_dict()
+    kinds = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+             if k in state and _dtype_kind(state[k].dtype) != _dtype_kind(v.dtype)]
+    if kinds:
+        shown = "\n  ".join(kinds[:10]) + (f"\n  ... and {len(kinds) - 10} more" if len(kinds) > 10 else "")
+        raise CheckpointError(f"{len(kinds)} checkpoint tensors have another kind of dtype than the model's "
+                              f"(casting them would hide a wrong or damaged file):\n  {shown}")
+    if allow_non_finite:
+        return
+    for name in expected:
+        value = state.get(name)
+        if value is not None and value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"checkpoint tensor {name!r} holds {bad} NaN or infinite values of {value.numel()} (the first such "
+                "tensor); the model would detect nothing. The file is damaged or came from a diverged training "
+                "run; pass allow_non_finite=True to load it anyway")
+
+
+def conform_state_dict(model: nn.Module, state: Mapping[str, Tensor],
+                       allow_non_finite: bool = False) -> dict[str, Tensor]:
     """Check ``state`` strictly against ``model`` and cast each value to the model's dtype.
 
     Returns a new dict in the model's key order; fp16 and float64 values become the model's
     float32, exactly as ``load_state_dict`` would copy them. Raises
-    :class:`CheckpointMismatchError` when keys or shapes differ.
+    :class:`CheckpointMismatchError` when keys or shapes differ and
+    :class:`~dyhead_zoo.errors.CheckpointError` for dtypes of another kind or non-finite
+    values (see :func:`check_values`).
     """
     check_state_dict(model, state)
+    check_values(model, state, allow_non_finite)
     return {k: state[k].to(v.dtype) for k, v in model.state_dict().items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> None:
-    """Load the checkpoint at ``path`` into ``model`` strictly (fp16 and numpy values are cast)."""
-    model.load_state_dict(conform_state_dict(model, read_state_dict(path, allow_unsafe_pickle)), strict=True)
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, allow_unsafe_pickle: bool = False,
+                    allow_non_finite: bool = False) -> None:
+    """Load the checkpoint at ``path`` into ``model`` strictly (fp16 and numpy values are cast;
+    int/bool values for float tensors, and NaN/Inf unless ``allow_non_finite``, are refused)."""
+    state = read_state_dict(path, allow_unsafe_pickle)
+    model.load_state_dict(conform_state_dict(model, state, allow_non_finite), strict=True)

@@ -1,7 +1,7 @@
 """The ``dyhead-zoo`` command: ``eval``, ``reproduce`` and ``info``.
 
-    dyhead-zoo eval --model NAME --coco-root DIR [--weights PATH] [--device cpu|cuda]
-                    [--batch-size N] [--workers N] [--limit N] [--output-dir DIR]
+    dyhead-zoo eval --model NAME --coco-root DIR [--weights PATH] [--device cpu|cuda|cuda:N|mps]
+                    [--batch-size N] [--workers N] [--limit N] [--output-dir DIR] [--allow-unsafe-pickle]
     dyhead-zoo eval --model NAME --images DIR --annotations FILE ...   (any COCO-format set)
     dyhead-zoo reproduce --coco-root DIR [--models NAME ...] [--weights NAME=PATH ...]
     dyhead-zoo info                                   (also: which variants' weights are cached, where)
@@ -11,6 +11,7 @@
 Both evaluating commands resume an interrupted run from ``--output-dir`` and scale out under
 ``torchrun --nproc-per-node N`` (one or several nodes). ``--min-size``/``--max-size`` change
 the test size for quick checks; the published numbers need the defaults (800/1333).
+Errors print one ``dyhead-zoo: error: ...`` line (``--debug`` for the traceback); ``--version``.
 """
 from __future__ import annotations
 
@@ -45,11 +46,39 @@ def _device(requested: str | None) -> str:
 
     if requested is None:
         return default_device()
-    if requested == "cuda":
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ValueError(f"--device {requested}: not a torch device ({err}); use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return requested
+            raise ValueError(f"--device {requested}: no CUDA device is available here; use --device cpu")
+        if device.index is None:  # one process per GPU under torchrun
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested}: Apple's MPS backend is not available here; use --device cpu")
+    return str(device)
+
+
+def _check_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` and check that files can be written there, before any model work."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output-dir {path} is a file, not a folder; name a folder (it is created if "
+                              "needed)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise OSError(f"--output-dir {path} cannot be written ({err.strerror or err}); choose a writable folder "
+                      "with free space") from err
+    return path
 
 
 def _check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
@@ -73,18 +102,39 @@ def _load_data(args: argparse.Namespace, class_names: Sequence[str] | None = Non
     return data
 
 
-def _print_metrics(result, published: float) -> None:
+COCO_VAL2017_IMAGES = 5000
+
+
+def _comparable_with_published(args: argparse.Namespace, data, num_images: int) -> bool:
+    """Whether a run reproduces the published setting: all of COCO val2017 at the official test size."""
+    return (args.min_size is None and args.max_size is None and num_images == COCO_VAL2017_IMAGES
+            and data.annotations.name == "instances_val2017.json")
+
+
+def _print_metrics(result, published: float, comparable: bool) -> None:
     from .evaluation.coco_metrics import STAT_NAMES
 
     names = STAT_NAMES[:6]
     speed = "n/a" if result.images_per_second is None else f"{result.images_per_second:.2f}"
     processes = f"{result.world_size} process" + ("es" if result.world_size > 1 else "")
     print(f"{result.model}: {result.num_images} images, {result.device}, {processes}, {speed} images/s")
-    print("| " + " | ".join(f"{n:^7}" for n in names) + " |")
-    print("|" + "|".join([":-------:"] * len(names)) + "|")
-    print("| " + " | ".join(f"{result.metrics[n]:^7.3f}" for n in names) + " |")
-    print(f"published mAP {published:.1f}, measured {result.metrics['AP']:.3f} "
-          f"({result.metrics['AP'] - published:+.3f})")
+    if result.metrics["AP"] < 0:  # the COCO tools give -1 when there is nothing to score against
+        print("no ground truth: the annotation file has no boxes for these images, so AP cannot be computed")
+    else:
+        print("| " + " | ".join(f"{n:^7}" for n in names) + " |")
+        print("|" + "|".join([":-------:"] * len(names)) + "|")
+        print("| " + " | ".join(f"{result.metrics[n]:^7.3f}" if result.metrics[n] >= 0 else f"{'n/a':^7}"
+                                for n in names) + " |")
+        if comparable:
+            print(f"published mAP {published:.1f}, measured {result.metrics['AP']:.3f} "
+                  f"({result.metrics['AP'] - published:+.3f})")
+        else:
+            print("not comparable with the published mAP (that is all of COCO val2017 at the official test size)")
+    if result.skipped:
+        shown = "\n  ".join(result.skipped[:10]) + (f"\n  ... and {len(result.skipped) - 10} more"
+                                                    if len(result.skipped) > 10 else "")
+        print(f"dyhead-zoo: warning: {len(result.skipped)} of {result.num_images} images could not be decoded and "
+              f"were scored as having no detections:\n  {shown}", file=sys.stderr)
     print(f"metrics: {result.metrics_file}")
 
 
@@ -100,15 +150,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .hub import folder_config
 
         config, _ = folder_config(args.weights, config)
+    _check_output_dir(args.output_dir)
     data = _load_data(args, config.class_names)
     device = _device(args.device)
     with distributed(device) as group:
         model = create_model(args.model, pretrained=args.weights is None, weights=args.weights, config=config,
-                             device=device)
+                             device=device, allow_unsafe_pickle=args.allow_unsafe_pickle)
         result = evaluate(model, data, args.output_dir, limit=args.limit, batch_size=args.batch_size,
                           workers=args.workers, progress=not args.no_progress, group=group)
     if result is not None:
-        _print_metrics(result, config.published_map)
+        _print_metrics(result, config.published_map, _comparable_with_published(args, data, result.num_images))
     return 0
 
 
@@ -134,12 +185,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         get_config(name)  # unknown names fail here, with the list of known ones
     weights = _parse_weights(args.weights)
     _check_weights(models, weights)
+    _check_output_dir(args.output_dir)
     data = _load_data(args)
     device = _device(args.device)
     with distributed(device) as group:
         rows = reproduce(data, models, args.output_dir, weights, device=device, limit=args.limit,
                          batch_size=args.batch_size, workers=args.workers, min_size=args.min_size,
-                         max_size=args.max_size, progress=not args.no_progress, group=group)
+                         max_size=args.max_size, progress=not args.no_progress, group=group,
+                         allow_unsafe_pickle=args.allow_unsafe_pickle)
     if rows is not None:
         json_path, md_path = write_table(rows, args.output_dir)
         print(markdown_table(rows), end="")
@@ -254,7 +307,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--images", metavar="DIR", help="image folder (overrides the one under --coco-root)")
     data.add_argument("--annotations", metavar="FILE", help="COCO instances JSON (overrides --coco-root's)")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    run.add_argument("--device", metavar="DEVICE", help="a torch device: cpu, cuda, cuda:1, mps... (default: cuda "
+                                                        "when available)")
+    run.add_argument("--allow-unsafe-pickle", action="store_true",
+                     help="read a .pth that needs arbitrary unpickling (it can run code: only files you trust)")
     run.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
     run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                      help="DataLoader processes that decode and resize (default %(default)s; 0: none)")
@@ -273,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dyhead-zoo", description="Dynamic Head detectors in pure PyTorch.",
                                      epilog="Scale out with: torchrun --nproc-per-node N $(which dyhead-zoo) eval ...")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an error (accepted anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ev = commands.add_parser("eval", help="COCO box AP of one variant",
@@ -365,13 +426,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_text(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: its last line is the error
+        text = text.splitlines()[-1].strip()
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dyhead-zoo`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``dyhead-zoo`` console script; returns the exit status.
+
+    The one error edge of every subcommand: the project's own errors
+    (:class:`~dyhead_zoo.errors.DyHeadZooError`), user errors (``ValueError``, ``TypeError``)
+    and OS errors (missing, unreadable or unwritable files, a full disk, a failed download)
+    print ``dyhead-zoo: error: <message>`` and exit with status 2; ``--debug`` adds the traceback.
+    """
+    import traceback
+
+    from .errors import DyHeadZooError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"dyhead-zoo: error: {err}", file=sys.stderr)
+    except (DyHeadZooError, OSError, ValueError, TypeError) as err:
+        if debug:
+            traceback.print_exc()
+        print(f"dyhead-zoo: error: {_error_text(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dyhead-zoo: interrupted; the detections made so far are kept, run the same command again "

@@ -46,7 +46,8 @@ def get_config(name: str) -> ModelConfig:
 
 
 def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                 config: ModelConfig | None = None, device: str | None = None):
+                 config: ModelConfig | None = None, device: str | None = None, allow_unsafe_pickle: bool = False,
+                 allow_non_finite: bool = False):
     """Build variant ``name`` in eval mode.
 
     ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``, or a folder with
@@ -54,7 +55,9 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     ``pretrained=True`` fetches the published weights instead (each source of the variant's
     record in order, checked strictly before use; see :func:`dyhead_zoo.weights.fetch_weights`);
     ``config`` overrides the variant's settings (build it with
-    ``dataclasses.replace(get_config(name), ...)``).
+    ``dataclasses.replace(get_config(name), ...)``). ``allow_unsafe_pickle=True`` reads a
+    ``.pth`` that needs arbitrary unpickling (only for files you trust); ``allow_non_finite=True``
+    loads weights holding NaN or Inf (refused by default).
     """
     from .models.detector import DyHeadDetector
     from .checkpoint import load_checkpoint
@@ -65,11 +68,12 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
         config, weights = folder_config(weights, config or get_config(name))
     model = DyHeadDetector(config or get_config(name))
     if weights is not None:
-        load_checkpoint(model, weights)
+        load_checkpoint(model, weights, allow_unsafe_pickle=allow_unsafe_pickle, allow_non_finite=allow_non_finite)
     elif pretrained:
         from .weights import download_weights
 
-        load_checkpoint(model, download_weights(model.config))
+        load_checkpoint(model, download_weights(model.config), allow_unsafe_pickle=allow_unsafe_pickle,
+                        allow_non_finite=allow_non_finite)
     model.eval()
     if device is not None:
         model.to(device)

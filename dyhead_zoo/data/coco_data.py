@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .categories import COCO_CLASS_NAMES
 from ..config import InputConfig
-from .images import load_image
+from .images import load_image, too_large_message
 from .preprocess import padded_shape, resize, resized_shape, to_channel_order
 
 
@@ -151,6 +151,10 @@ def load_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
             raise _fail(annotations, f"annotations[{index}] refers to an unknown image or category")
         if len(ann["bbox"]) != 4 or not all(isinstance(v, number) for v in ann["bbox"]):
             raise _fail(annotations, f"annotations[{index}]['bbox'] is not [x, y, width, height]")
+    negative = sum(1 for ann in gt["annotations"] if ann["bbox"][2] < 0 or ann["bbox"][3] < 0)
+    if negative:
+        warnings.warn(f"{annotations}: {negative} of {len(gt['annotations'])} ground-truth boxes have a negative "
+                      "width or height (bbox is [x, y, width, height]); they can never be matched", stacklevel=2)
     images = tuple(sorted((CocoImage(im["id"], images_dir / im["file_name"], im["height"], im["width"])
                            for im in gt["images"]), key=lambda im: im.id))
     for image in images:
@@ -178,6 +182,8 @@ def check_image_files(images: Sequence[CocoImage]) -> None:
                     width, height = height, width
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ValueError(f"{image.path}: not a readable image file ({err})") from err
+        except Image.DecompressionBombError as err:
+            raise ValueError(too_large_message(image.path, err)) from err
         if (height, width) != (image.height, image.width):
             raise ValueError(f"{image.path}: the image is {width}x{height} but the annotation file says "
                              f"{image.width}x{image.height}; fix the 'width'/'height' of image {image.id}")
@@ -185,7 +191,12 @@ def check_image_files(images: Sequence[CocoImage]) -> None:
 
 class CocoImages(Dataset):
     """Decoded, resized images: item ``i`` is ``(image_id, (3, h, w) uint8 tensor, (H, W))``,
-    the tensor in the model's channel order and (H, W) the size boxes are reported in."""
+    the tensor in the model's channel order and (H, W) the size boxes are reported in.
+
+    An image that cannot be decoded (a truncated file with a valid header, a size that
+    disagrees with the annotation) gives its error message (a ``str``) in place of the tensor:
+    one bad file must not abort a long run; the caller skips and reports it.
+    """
 
     def __init__(self, images: Sequence[CocoImage], config: InputConfig) -> None:
         self.images = list(images)
@@ -194,12 +205,16 @@ class CocoImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[int, Tensor, tuple[int, int]]:
+    def __getitem__(self, index: int) -> tuple[int, Tensor | str, tuple[int, int]]:
         image = self.images[index]
-        rgb = load_image(image.path)
+        try:
+            rgb = load_image(image.path)
+        except (ValueError, OSError) as err:
+            return image.id, str(err), (image.height, image.width)
         if rgb.shape[:2] != (image.height, image.width):
-            raise ValueError(f"{image.path}: decoded as {rgb.shape[1]}x{rgb.shape[0]} but the annotation says "
-                             f"{image.width}x{image.height}; fix the 'width'/'height' of image {image.id}")
+            return image.id, (f"{image.path}: decoded as {rgb.shape[1]}x{rgb.shape[0]} but the annotation says "
+                              f"{image.width}x{image.height}; fix the 'width'/'height' of image {image.id}"), \
+                (image.height, image.width)
         return image.id, to_channel_order(resize(rgb, self.config), self.config), (image.height, image.width)
 
 

@@ -11,6 +11,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
+def too_large_message(path: str | os.PathLike, err: Exception) -> str:
+    """The error text for an image over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)."""
+    return (f"{path}: the image is too large to decode safely ({err}); if you trust the file, raise the limit "
+            "with PIL.Image.MAX_IMAGE_PIXELS = None (or a larger number) before loading, or downscale it")
+
+
 def _from_pil(image: Image.Image, source: str) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -64,6 +70,8 @@ def load_image(image: ImageInput) -> np.ndarray:
                 array = _from_pil(pil, str(path))
         except UnidentifiedImageError as err:
             raise ValueError(f"{path}: not a readable image file (PIL could not identify it)") from err
+        except Image.DecompressionBombError as err:
+            raise ValueError(too_large_message(path, err)) from err
         except (OSError, SyntaxError) as err:
             raise ValueError(f"{path}: the image file is truncated or corrupt ({err})") from err
         source = str(path)

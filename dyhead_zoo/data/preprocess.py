@@ -20,7 +20,8 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     if max(new_h, new_w) > max_size:
         scale = max_size * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # At extreme aspect ratios (about 2666:1 at 800/1333) the shorter side rounds to 0 pixels.
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize(image_rgb: np.ndarray, config: InputConfig) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 Detections are appended per image to a JSON-lines file named after a key of everything that
 determines them (variant settings, the weights' contents, device type, DCN backend, the
-image list), flushed after every batch. A rerun with the same key skips the images already
-there; a torn last line from a killed run is cut off. Under ``torchrun`` each process takes
-a deterministic share of the remaining images and writes its own file; the detections are
-gathered on rank 0, which alone scores them.
+image list by file name and content), flushed after every batch. A rerun with the same key
+skips the images already there; a torn last line from a killed run is cut off. A lock file
+beside each detections file keeps a second evaluation from computing the same images at the
+same time. Under ``torchrun`` each process takes a deterministic share of the remaining images
+and writes its own file; the detections are gathered on rank 0, which alone scores them.
+Images that cannot be decoded are recorded without detections and reported, not fatal.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from torch import nn
 from ..data.coco_data import CocoData, CocoImage, batch_shape, make_loader
 from .coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
 from ..data.preprocess import group_by_padded_shape, normalize_and_pad
+from ..errors import EvaluationLockedError
 
 FORMAT_VERSION = 1
 Record = dict[str, Any]  # {"image_id": int, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}
@@ -38,7 +42,8 @@ class EvalResult:
     ``metrics`` are the 12 COCO box statistics in percent (as detectron2 reports them and as
     ``config.published_map`` is given); ``images_per_second`` is the throughput over the
     images computed by this run (all processes together), or of the run that computed them
-    when everything was already done.
+    when everything was already done. ``skipped`` holds the error message of each image that
+    could not be decoded; those images are scored as having no detections.
     """
 
     model: str
@@ -50,6 +55,7 @@ class EvalResult:
     world_size: int
     detections_files: tuple[Path, ...]
     metrics_file: Path
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,19 +123,37 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def images_fingerprint(data: CocoData) -> str:
+    """SHA-256 over every image's id, file name (relative to the image folder), annotated size
+    and file content: moving the data set keeps it, changing any image changes it."""
+    entries = []
+    for im in data.images:
+        try:
+            name = im.path.relative_to(data.images_dir).as_posix()
+        except ValueError:
+            name = im.path.name
+        try:
+            with im.path.open("rb") as f:
+                content = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            content = "unreadable"  # reported when the image is decoded
+        entries.append([im.id, name, im.height, im.width, content])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def run_settings(model: nn.Module, data: CocoData) -> dict[str, Any]:
     """Everything that determines the detections of ``model`` on ``data``'s images.
 
     Batch size, worker count, image limit and the number of processes are left out: they do
     not change any image's detections. The ground-truth boxes are left out too, so fixing an
-    annotation reuses the detections.
+    annotation reuses the detections, and so is where the data set lies (see
+    :func:`images_fingerprint`).
     """
     from .. import __version__
     from ..ops.deform_conv import resolve_backend
 
     parameter = next(model.parameters())
-    images = hashlib.sha256(json.dumps([[im.id, str(im.path), im.height, im.width]
-                                        for im in data.images]).encode()).hexdigest()
+    images = images_fingerprint(data)
     return {"config": model.config.to_dict(), "weights_sha256": weights_fingerprint(model),
             "device_type": parameter.device.type, "dtype": str(parameter.dtype),
             "dcn_backend": resolve_backend(device=parameter.device),
@@ -216,18 +240,62 @@ def _run(model: nn.Module, images: Sequence[CocoImage], path: Path, header: dict
             out.write(json.dumps(header) + "\n")
             out.flush()
         for batch in loader:
+            for image_id, error, _ in batch:
+                if isinstance(error, str):  # could not be decoded: recorded as such, reported at the end
+                    record = {"image_id": int(image_id), "boxes": [], "scores": [], "labels": [], "error": error}
+                    out.write(json.dumps(record) + "\n")
+                    produced[record["image_id"]] = record
+            decoded = [item for item in batch if not isinstance(item[1], str)]
             # Group by the decoded shape as well: the annotated size may mislead (EXIF).
-            for indices in group_by_padded_shape([tensor for _, tensor, _ in batch], config.size_divisibility):
-                tensors = [batch[i][1].to(device, non_blocking=True).float() for i in indices]
+            for indices in group_by_padded_shape([tensor for _, tensor, _ in decoded], config.size_divisibility):
+                tensors = [decoded[i][1].to(device, non_blocking=True).float() for i in indices]
                 padded, sizes = normalize_and_pad(tensors, config)
-                outputs = model(padded.to(dtype), sizes, output_sizes=[batch[i][2] for i in indices])
+                outputs = model(padded.to(dtype), sizes, output_sizes=[decoded[i][2] for i in indices])
                 for i, detections in zip(indices, outputs):
-                    record = _record(batch[i][0], detections.to("cpu"))
+                    record = _record(decoded[i][0], detections.to("cpu"))
                     out.write(json.dumps(record) + "\n")
                     produced[record["image_id"]] = record
             out.flush()
             bar.update(len(batch))
     return produced, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def detections_lock(path: Path) -> Iterator[None]:
+    """Hold ``path`` (a ``.lock`` file beside a detections file) for this process, or raise
+    :class:`~dyhead_zoo.errors.EvaluationLockedError` when another process holds it.
+
+    The lock is an ``flock`` on the open file, so the system drops it when its holder exits,
+    however it ends; the file itself stays. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise EvaluationLockedError(
+                f"another evaluation ({holder}) is computing the same detections into {path.parent} right now "
+                f"(its lock {path.name} is held): wait for it to finish and run this command again to reuse its "
+                "detections, or choose another --output-dir") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node() or 'this machine'}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def subset_name(num_images: int, total: int) -> str:
+    """``all`` or ``first<N>``: which images of the data set a metrics file scores."""
+    return "all" if num_images >= total else f"first{num_images}"
 
 
 def evaluate(model: nn.Module, data: CocoData, output_dir: str | os.PathLike, limit: int | None = None,
@@ -271,8 +339,9 @@ def evaluate(model: nn.Module, data: CocoData, output_dir: str | os.PathLike, li
     mine = _share(remaining, model.config.input, group.rank, group.world_size)
     path = output_dir / f"{stem}.rank{group.rank}.jsonl"
     header = {"key": key, "format": FORMAT_VERSION, "settings": settings}
-    produced, seconds = _run(model, mine, path, header, batch_size, workers, progress and group.rank == 0,
-                             f"{name} [rank 0 of {group.world_size}]" if group.world_size > 1 else name)
+    with detections_lock(path.with_suffix(".lock")):
+        produced, seconds = _run(model, mine, path, header, batch_size, workers, progress and group.rank == 0,
+                                 f"{name} [rank 0 of {group.world_size}]" if group.world_size > 1 else name)
     sent = {image_id: record for image_id, record in done.items() if owner[image_id] == group.rank}
     sent.update(produced)
     gathered = group.gather((sent, len(produced), seconds if produced else 0.0))
@@ -287,7 +356,8 @@ def evaluate(model: nn.Module, data: CocoData, output_dir: str | os.PathLike, li
         raise RuntimeError(f"no detections for {len(missing)} images, e.g. {sorted(missing)[:5]}")
     computed = sum(count for _, count, _ in gathered)
     longest = max(elapsed for _, _, elapsed in gathered)
-    metrics_file = output_dir / f"{stem}.metrics.json"
+    subset = subset_name(len(images), len(data.images))
+    metrics_file = output_dir / f"{stem}.{subset}.metrics.json"  # a --limit run must not overwrite the full one
     speed = computed / longest if computed and longest > 0 else _previous_speed(metrics_file)
     results = [d for image_id in sorted(records) if image_id in wanted for d in detections_to_coco(
         image_id, records[image_id]["boxes"], records[image_id]["scores"], records[image_id]["labels"],
@@ -295,13 +365,14 @@ def evaluate(model: nn.Module, data: CocoData, output_dir: str | os.PathLike, li
     stats = coco_box_stats(data.ground_truth, results, sorted(wanted))
     metrics = {k: 100.0 * v if v >= 0 else v for k, v in stats.items()}
     device = str(next(model.parameters()).device)
+    skipped = tuple(records[image_id]["error"] for image_id in sorted(wanted) if "error" in records[image_id])
     result = EvalResult(name, metrics, len(images), computed, speed, device, group.world_size,
-                        tuple(sorted(output_dir.glob(f"{stem}.rank*.jsonl"))), metrics_file)
+                        tuple(sorted(output_dir.glob(f"{stem}.rank*.jsonl"))), metrics_file, skipped)
     metrics_file.write_text(json.dumps({
         "model": name, "metrics_percent": metrics, "stat_names": list(STAT_NAMES),
-        "published_map": model.config.published_map, "num_images": len(images),
+        "published_map": model.config.published_map, "num_images": len(images), "subset": subset,
         "images_per_second": speed, "device": device, "world_size": group.world_size,
-        "annotations": str(data.annotations), "key": key}, indent=2) + "\n")
+        "annotations": str(data.annotations), "key": key, "skipped_images": list(skipped)}, indent=2) + "\n")
     return result
 
 

@@ -172,27 +172,32 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         return prepared
 
     @torch.no_grad()
-    def predict(self, images: ImageInput | Sequence[ImageInput]) -> Detections | list[Detections]:
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 4) -> Detections | list[Detections]:
         """Detect objects in one image or a list of images (paths, PIL images, HxWx3 uint8 RGB).
 
         Returns one :class:`Detections` per image (a single one for a single input), boxes in
-        the original image's pixels. Images whose padded sizes agree run in one forward pass;
-        others run apart, so results never depend on what else is in the list.
+        the original image's pixels. A list is decoded lazily, ``batch_size`` images at a time;
+        of those, images whose padded sizes agree run in one forward pass and others run apart,
+        so results never depend on what else is in the list or on ``batch_size``.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        if not items:
-            return []
-        prepared = self.preprocess(items)
+        items = [images] if single else images
+        results: list[Detections] = []
         device = self._device()
-        results: list[Detections | None] = [None] * len(items)
-        groups = group_by_padded_shape([tensor for tensor, _ in prepared], self.config.input.size_divisibility)
-        for indices in groups:
-            batch, sizes = normalize_and_pad([prepared[i][0].to(device) for i in indices], self.config.input)
-            batch = batch.to(next(self.parameters()).dtype)
-            outputs = self(batch, sizes, output_sizes=[prepared[i][1] for i in indices])
-            for i, det in zip(indices, outputs):
-                results[i] = det.to("cpu")
+        for start in range(0, len(items), batch_size):
+            # Only this window is held decoded: a folder of large photos never sits in memory at once.
+            prepared = self.preprocess(items[start:start + batch_size])
+            window: list[Detections | None] = [None] * len(prepared)
+            groups = group_by_padded_shape([tensor for tensor, _ in prepared], self.config.input.size_divisibility)
+            for indices in groups:
+                batch, sizes = normalize_and_pad([prepared[i][0].to(device) for i in indices], self.config.input)
+                batch = batch.to(next(self.parameters()).dtype)
+                outputs = self(batch, sizes, output_sizes=[prepared[i][1] for i in indices])
+                for i, det in zip(indices, outputs):
+                    window[i] = det.to("cpu")
+            results.extend(window)
         return results[0] if single else results
 
     def _save_pretrained(self, save_directory: Path) -> None:
