@@ -279,3 +279,26 @@ def test_bad_inputs_fail_before_training(tiny_set, start_weights, tmp_path, caps
     with pytest.raises(SystemExit):
         _cli(*base, "--weights", str(start_weights), "--pretrained")
     assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_from_scratch_starts_from_the_imagenet_backbone(tmp_path, monkeypatch):
+    from dyhead_zoo import imagenet_backbones
+    from dyhead_zoo.engine.run import _start_weights
+    from test_imagenet_converters import msra_resnet50_blobs, py2_pickle
+
+    served = tmp_path / "server" / "R-50.pkl"
+    served.parent.mkdir()
+    served.write_bytes(py2_pickle(msra_resnet50_blobs(3)))
+    monkeypatch.setitem(imagenet_backbones.IMAGENET_WEIGHTS, "resnet50", imagenet_backbones.ImageNetWeights(
+        "resnet50", "detectron2's MSRA ResNet-50", served.as_uri()))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    config = dataclasses.replace(small_config(), num_classes=2, class_names=CLASS_NAMES)
+    model = dyhead_zoo.create_model(MODEL, config=config)
+    line = _start_weights(model, "from_scratch", None)
+    assert "ImageNet" in line
+    stem = model.backbone.backbone.bottom_up.stem.conv1.weight
+    assert torch.equal(stem, torch.from_numpy(msra_resnet50_blobs(3)["conv1_w"]))
+    assert torch.allclose(model.head.cls_logits.bias, torch.full((2,), -math.log(99.0)))
+    assert not model.backbone.backbone.fpn_lateral3.bias.detach().any()  # c2_xavier_fill: bias 0
+    attention = model.backbone.dyhead_tower[0].AttnConv[1].weight
+    assert float(attention.detach().std()) == pytest.approx(0.01, rel=0.2)
