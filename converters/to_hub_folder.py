@@ -65,14 +65,19 @@ def convert(name: str, out_dir: str | os.PathLike, checkpoint: str | os.PathLike
     from dyhead_zoo.checkpoint import SAFETENSORS_NAME, conform_state_dict, read_state_dict
     from dyhead_zoo.models.detector import DyHeadDetector
     from dyhead_zoo.registry import get_config
-    from dyhead_zoo.weights import fetch_source
+    from dyhead_zoo.weights import WeightsDownloadError, fetch_source
 
     config = config or get_config(name)
     if checkpoint is None:
         official = config.weights.first("official")
         if official is None:
             raise ValueError(f"{name} records no official checkpoint URL; pass --checkpoint FILE")
-        checkpoint, source_url = fetch_source(official, progress), source_url or official.url
+        try:
+            checkpoint, source_url = fetch_source(official, progress), source_url or official.url
+        except WeightsDownloadError as err:
+            raise WeightsDownloadError(f"could not fetch the official checkpoint of {name} ({official.url}): "
+                                       f"{err.reason}; download it where there is network and pass --checkpoint FILE",
+                                       reason=err.reason) from err
     checkpoint = Path(checkpoint)
     origin = provenance(config, checkpoint, source_url or "")
     state = conform_state_dict(DyHeadDetector(config), read_state_dict(checkpoint, allow_unsafe_pickle))
