@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .box_coder import apply_deltas
+from .candidates import sigmoid_candidates
 from ..config import HeadConfig
 
 
@@ -60,18 +61,15 @@ class ATSSHead(nn.Module):
         for logits, deltas, centers, level_anchors in zip(*outputs, anchors):
             # Scores and boxes are decoded in float32 whatever the network's dtype: half-precision
             # scores would round the thresholds and NMS ties, and NMS wants one dtype for both.
-            probs = flatten_per_location(logits, self.num_classes).float().sigmoid()
+            # The sigmoid of the class logits runs on the candidates only (candidates.py).
+            logits = flatten_per_location(logits, self.num_classes)
             deltas = flatten_per_location(deltas, 4)
             centers = flatten_per_location(centers, 1).reshape(num_images, -1).float().sigmoid()
-            candidates = probs > cfg.score_thresh
-            scores_all = probs * centers[:, :, None]
             for i in range(num_images):
-                mask = candidates[i]
-                scores = scores_all[i][mask]
-                k = min(int(mask.sum()), cfg.topk_candidates)
-                scores, top = scores.topk(k, sorted=False)
-                locations_classes = mask.nonzero()[top]
-                loc, cls = locations_classes[:, 0], locations_classes[:, 1]
+                indices, probs = sigmoid_candidates(logits[i], cfg.score_thresh)
+                scores = probs * centers[i][indices.div(self.num_classes, rounding_mode="floor")]
+                scores, top = scores.topk(min(indices.shape[0], cfg.topk_candidates), sorted=False)
+                loc, cls = indices[top].div(self.num_classes, rounding_mode="floor"), indices[top] % self.num_classes
                 boxes = apply_deltas(deltas[i][loc], level_anchors[loc], cfg.bbox_reg_weights)
                 per_image[i].append((boxes, scores, cls))
         results = []

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .fused_conv import conv2d_bias_act, inference_path
 
 
 class LastLevelP6P7(nn.Module):
@@ -47,10 +50,15 @@ class FPN(nn.Module):
         """Build the pyramid from bottom-up stage outputs (the FPN's own work, timed apart)."""
         results: list[Tensor] = []
         prev = None
+        channels_last = inference_path(self)  # the whole inference path runs NHWC (see resnet.py)
         for feature, level in zip(reversed(self.in_features), reversed(self.levels)):
-            lateral = getattr(self, f"fpn_lateral{level}")(features[feature])
-            if prev is not None:
-                lateral = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            x = features[feature]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            conv = getattr(self, f"fpn_lateral{level}")
+            # The top-down sum is the conv's residual post-op on the fused inference path.
+            upsampled = None if prev is None else F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            lateral = conv2d_bias_act(x, conv.weight, conv.bias, residual=upsampled)
             prev = lateral
             results.insert(0, getattr(self, f"fpn_output{level}")(prev))
         results.extend(self.top_block(results[-1]))

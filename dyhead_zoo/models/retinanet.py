@@ -7,6 +7,8 @@ from torchvision.ops import batched_nms
 
 from .atss import flatten_per_location
 from .box_coder import apply_deltas
+from .candidates import sigmoid_candidates
+from .fused_conv import conv2d_bias_act, inference_path
 from ..config import HeadConfig
 
 #: detectron2's starting value of RetinaNet's loss normaliser ("any reasonable #fg").
@@ -26,11 +28,18 @@ def decode_level(probs: Tensor, deltas: Tensor, anchors: Tensor, score_thresh: f
     (R, 4) XYXY. Keeps (anchor, class) pairs with prob > ``score_thresh``, then the ``topk``
     best of those (sorted, best first); returns their decoded boxes (k, 4), scores, classes.
     """
-    candidates = probs > score_thresh
-    scores = probs[candidates]
-    pairs = candidates.nonzero()
-    scores, top = scores.topk(min(pairs.shape[0], topk))
-    anchor_idx, classes = pairs[top].unbind(dim=1)
+    indices = (probs > score_thresh).flatten().nonzero().squeeze(1)
+    return decode_candidates(indices, probs.flatten()[indices], probs.shape[1], deltas, anchors, topk, weights)
+
+
+def decode_candidates(indices: Tensor, scores: Tensor, num_classes: int, deltas: Tensor, anchors: Tensor,
+                      topk: int, weights: tuple[float, float, float, float]) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``topk`` best of one level's candidates, sorted best first: ``indices`` (M,) into the
+    flattened (anchor, class) scores with ``num_classes`` classes, ascending, and their
+    ``scores`` (M,). Returns their decoded boxes (k, 4) from ``deltas`` (R, 4) and ``anchors``
+    (R, 4) XYXY, scores (k,) and classes (k,)."""
+    scores, top = scores.topk(min(indices.shape[0], topk))
+    anchor_idx, classes = indices[top].div(num_classes, rounding_mode="floor"), indices[top] % num_classes
     boxes = apply_deltas(deltas[anchor_idx], anchors[anchor_idx], weights)
     return boxes, scores, classes
 
@@ -58,8 +67,22 @@ class RetinaNetHead(nn.Module):
         """Per level: class logits (N, A*K, H, W) and box deltas (N, A*4, H, W)."""
         if len(features) != self.num_levels:
             raise ValueError(f"RetinaNetHead was built for {self.num_levels} levels, got {len(features)}")
+        if inference_path(self):
+            return self._fused_forward(features)
         logits = [self.cls_score(self.cls_subnet(f)) for f in features]
         deltas = [self.bbox_pred(self.bbox_subnet(f)) for f in features]
+        return logits, deltas
+
+    def _fused_forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Inference: the same towers in channels-last with each ReLU fused into its conv."""
+        def run(tower: nn.Sequential, predictor: nn.Conv2d, x: Tensor) -> Tensor:
+            for conv in tower[0::2]:  # (conv, ReLU) pairs
+                x = conv2d_bias_act(x, conv.weight, conv.bias, conv.stride, conv.padding, relu=True)
+            return conv2d_bias_act(x, predictor.weight, predictor.bias, predictor.stride, predictor.padding)
+
+        features = [f.contiguous(memory_format=torch.channels_last) for f in features]
+        logits = [run(self.cls_subnet, self.cls_score, f) for f in features]
+        deltas = [run(self.bbox_subnet, self.bbox_pred, f) for f in features]
         return logits, deltas
 
     def inference(self, outputs: tuple[list[Tensor], list[Tensor]], anchors: list[Tensor],
@@ -72,13 +95,17 @@ class RetinaNetHead(nn.Module):
         """
         cfg = self.config
         logits, deltas = outputs
-        # float32 post-processing whatever the network's dtype (NMS wants one dtype for boxes and scores).
-        probs = [flatten_per_location(x, self.num_classes).float().sigmoid() for x in logits]
+        logits = [flatten_per_location(x, self.num_classes) for x in logits]
         deltas = [flatten_per_location(x, 4) for x in deltas]
         results = []
         for i in range(num_images):
-            parts = [decode_level(p[i], d[i], a, cfg.score_thresh, cfg.topk_candidates, cfg.bbox_reg_weights)
-                     for p, d, a in zip(probs, deltas, anchors)]
+            parts = []
+            for x, d, a in zip(logits, deltas, anchors):
+                # float32 scores whatever the network's dtype (NMS wants one dtype for boxes and
+                # scores); the sigmoid runs on the candidates only.
+                indices, scores = sigmoid_candidates(x[i], cfg.score_thresh)
+                parts.append(decode_candidates(indices, scores, self.num_classes, d[i], a, cfg.topk_candidates,
+                                               cfg.bbox_reg_weights))
             boxes, scores, labels = (torch.cat(x) for x in zip(*parts))
             keep = batched_nms(boxes.float(), scores, labels, cfg.nms_thresh)[:max_detections]
             results.append((boxes[keep], scores[keep], labels[keep]))
