@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .checkpoint import file_sha256, read_state_dict
 from .config import ModelConfig, WeightSource, WeightSources
+from .errors import DyHeadZooError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PROBE_TIMEOUT_S = 3.0  # one TCP connect per host before downloading; offline ma
 ROLES = ("project", "official", "mirror")
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(DyHeadZooError, OSError):
     """The weights could not be fetched; the message says how to install them by hand.
 
     ``reason`` is the short cause (for example ``HTTP Error 500``), without the advice.
