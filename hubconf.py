@@ -29,8 +29,9 @@ def _entrypoint(name: str):
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = (
         f"{config.description}: Dynamic Head detector, COCO box AP {config.published_map} (published).\n\n"
-        f"    pretrained: fetch the published weights ({config.weights.hf_repo} on the Hugging Face Hub,\n"
-        f"    else {config.weights.url}). Other keyword arguments go to dyhead_zoo.create_model\n"
+        "    pretrained: fetch the published weights from the first of these sources that has them\n"
+        "    (checked strictly before use):\n" + "".join(f"      {s.label}\n" for s in config.weights.sources)
+        + "    Other keyword arguments go to dyhead_zoo.create_model\n"
         "    (weights=PATH, config=..., device=..., allow_unsafe_pickle=True for a trusted .pth that needs\n"
         "    arbitrary unpickling). Returns the model in eval mode.\n")
     return entrypoint
