@@ -283,8 +283,8 @@ class Trainer:
             print(f"training {self.model.config.name}: {recipe.describe()}; {self.group.world_size} process"
                   f"{'es' if self.group.world_size > 1 else ''} on {self.device}"
                   f"{f', autocast {self.amp}' if self.amp else ''}", file=sys.stderr)
-        bar = tqdm(total=recipe.max_iter, initial=self.iteration, unit="it", disable=not (self.progress and self.is_main),
-                   file=sys.stderr, dynamic_ncols=True, desc="train")
+        bar = tqdm(total=recipe.max_iter, initial=self.iteration, unit="it", desc="train", file=sys.stderr,
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
         batches = iter(self.loader)
         window_start, window_iters, stopped = time.perf_counter(), 0, False
         checkpoint = self.output_dir / "checkpoints"
