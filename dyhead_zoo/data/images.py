@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 
 def too_large_message(path: str | os.PathLike, err: Exception) -> str:
@@ -53,8 +54,19 @@ def _from_array(array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _chw_tensor_to_hwc(image: torch.Tensor) -> np.ndarray:
+    if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"tensor: expected a (3, H, W) RGB (or (1, H, W) gray) tensor as "
+                         f"torchvision.io.read_image returns it, got shape {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        raise ValueError(f"tensor: expected uint8 pixels in 0..255, got dtype {image.dtype}; convert with "
+                         "(x * 255).round().to(torch.uint8) if it is a 0..1 float image")
+    return image.detach().cpu().permute(1, 2, 0).numpy()
+
+
 def load_image(image: ImageInput) -> np.ndarray:
-    """Return ``image`` (a path, a PIL image or an array) as an HxWx3 uint8 RGB array.
+    """Return ``image`` (a path, a PIL image, an HxWx3 array or a (3, H, W) uint8 RGB tensor)
+    as an HxWx3 uint8 RGB array.
 
     Grayscale, RGBA, palette and 16-bit images are converted; EXIF orientation is applied as
     detectron2's ``read_image`` does. Raises ``FileNotFoundError`` for a missing file and
@@ -84,8 +96,11 @@ def load_image(image: ImageInput) -> np.ndarray:
     elif isinstance(image, np.ndarray):
         source = "array"
         array = _from_array(image, source)
+    elif isinstance(image, torch.Tensor):
+        source = "tensor"
+        array = _from_array(_chw_tensor_to_hwc(image), source)
     else:
-        raise TypeError(f"expected a path, PIL.Image or numpy array, got {type(image).__name__}; "
+        raise TypeError(f"expected a path, PIL.Image, numpy array or (3, H, W) uint8 tensor, got {type(image).__name__}; "
                         "for tensors already preprocessed call the model directly")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{source}: empty image of size {array.shape[1]}x{array.shape[0]}")

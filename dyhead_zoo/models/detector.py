@@ -1,7 +1,6 @@
 """The DyHead detector: backbone, FPN, DyHead tower and the variant's detection head."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -11,29 +10,13 @@ from torch import Tensor, nn
 from .. import hub
 from .anchors import AnchorGenerator
 from .atss import ATSSHead
+from .detections import Detections, class_indices, select
 from ..config import ModelConfig
 from .dyhead import DyHeadBackbone
 from .fpn import FPN
 from ..data.images import ImageInput, load_image
 from .postprocess import rescale_boxes
 from ..data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
-
-
-@dataclass
-class Detections:
-    """Detections for one image: XYXY ``boxes`` (N, 4) in pixels, ``scores`` (N,),
-    0-based COCO ``labels`` (N,) and their ``label_names``, best first."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    label_names: list[str]
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def to(self, device: torch.device | str) -> "Detections":
-        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.label_names)
 
 
 def _build_bottom_up(config: ModelConfig) -> nn.Module:
@@ -172,16 +155,24 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         return prepared
 
     @torch.no_grad()
-    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 4) -> Detections | list[Detections]:
-        """Detect objects in one image or a list of images (paths, PIL images, HxWx3 uint8 RGB).
+    def predict(self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None,
+                classes: Sequence[int | str] | None = None, batch_size: int = 4) -> Detections | list[Detections]:
+        """Detect objects in one image or a list of images (paths, PIL images, HxWx3 uint8 RGB
+        arrays, (3, H, W) uint8 RGB tensors as ``torchvision.io.read_image`` returns them, or an
+        (N, 3, H, W) uint8 tensor of several).
 
         Returns one :class:`Detections` per image (a single one for a single input), boxes in
-        the original image's pixels. A list is decoded lazily, ``batch_size`` images at a time;
-        of those, images whose padded sizes agree run in one forward pass and others run apart,
-        so results never depend on what else is in the list or on ``batch_size``.
+        the original image's pixels. ``score_threshold`` keeps detections scoring at least that
+        much and ``classes`` (names or 0-based ids of :attr:`class_names`) those classes, both
+        applied to the variant's final detections. A list is decoded lazily, ``batch_size``
+        images at a time; of those, images whose padded sizes agree run in one forward pass and
+        others run apart, so results never depend on what else is in the list or on ``batch_size``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        keep_classes = None if classes is None else class_indices(classes, self.class_names)
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images.unbind(0))
         single = not isinstance(images, (list, tuple))
         items = [images] if single else images
         results: list[Detections] = []
@@ -196,7 +187,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
                 batch = batch.to(next(self.parameters()).dtype)
                 outputs = self(batch, sizes, output_sizes=[prepared[i][1] for i in indices])
                 for i, det in zip(indices, outputs):
-                    window[i] = det.to("cpu")
+                    window[i] = select(det.to("cpu"), score_threshold, keep_classes)
             results.extend(window)
         return results[0] if single else results
 
