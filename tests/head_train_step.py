@@ -19,6 +19,11 @@ FULL_STEP_ENV = "DYHEAD_FULL_TRAIN_STEPS"
 #: The deformable-conv backends that train on CPU.
 TRAINABLE_BACKENDS = tuple(n for n in available_backends("cpu") if is_differentiable(n))
 
+#: Backend of the (gradient-free) backbone pass of the head-only checks: the references emulate
+#: the official kernel with torchvision's deform_conv2d, so its features are the closest (the
+#: gather backend's differ by ~1e-6, enough to move a near-tied proposal through NMS).
+REFERENCE_BACKEND = "torchvision"
+
 #: Parameter-name prefixes of the parts after the backbone, per meta-architecture.
 HEAD_PREFIXES = {"RetinaNet": ("head.",), "ATSS": ("head.",),
                  "GeneralizedRCNN": ("proposal_generator.", "roi_heads.")}

@@ -22,9 +22,9 @@ from dyhead_zoo.training.rpn_loss import label_and_sample_anchors, rpn_losses, t
 from dyhead_zoo.training.sampling import subsample_labels
 from dyhead_zoo.training.targets import check_targets
 
-from head_train_step import (FULL_STEP_ENV, TRAINABLE_BACKENDS, backbone_features, compare_head_to_reference,
-                             head_step)
-from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
+from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, TRAINABLE_BACKENDS, backbone_features,
+                             compare_head_to_reference, head_step)
+from train_reference import LOSS_RTOL, build_train_model, compare_to_reference, load_case, run_train_step
 
 VARIANT = "dyhead_r50_rcnn_fpn_1x"
 
@@ -252,7 +252,7 @@ def reference():
     computed once: every test below differentiates only the RPN and the ROI heads."""
     case = load_case(VARIANT, "case0_allsampled")
     model = build_train_model(case)
-    features, sizes = backbone_features(model, case)
+    features, sizes = backbone_features(model, case, REFERENCE_BACKEND)
     return case, model, features, sizes
 
 
@@ -272,8 +272,10 @@ def test_sampled_step_matches_the_official_one_in_distribution(reference):
     """The official sampling draws 256 anchors and 512 proposals per image at random, so the
     default-sampling reference is one draw among many. Checked here, per seed: the sampled
     counts are exactly what the labels imply (all labelled objects up to the cap, background
-    filling the rest), the samples are a subset of the labelled set; and over the seeds, each
-    of the reference's four losses lies within 4 standard deviations of our draws' mean."""
+    filling the rest), the samples are a subset of the labelled set; over the seeds, each of
+    the reference's four losses lies within 4 standard deviations of our draws' mean (within
+    1e-4 where a term does not depend on the draw); with the reference's seed the RPN draws
+    are the reference's own."""
     _, model, features, sizes = reference
     case = load_case(VARIANT, "case0")
     rpn, roi = model.proposal_generator.config, model.roi_heads.config
@@ -312,12 +314,24 @@ def test_sampled_step_matches_the_official_one_in_distribution(reference):
             losses.update(roi_heads_losses(model.roi_heads, features, proposals, ground_truth, 80))
         for name, value in losses.items():
             draws[name].append(float(value))
+    failures = []
     for name, ref in case.losses.items():
         mean, std = statistics.mean(draws[name]), statistics.stdev(draws[name])
-        print(f"{name}: reference {ref:.5f}, ours over {len(SEEDS)} seeds {mean:.5f} +- {std:.5f} "
-              f"(seed 0: {draws[name][0]:.5f})")
-        assert std > 0, f"{name} does not vary with the seed: sampling is not random"
-        assert abs(ref - mean) <= 4 * std, f"{name}: reference {ref} outside {mean} +- 4 x {std}"
+        print(f"{name}: reference {ref:.6g}, ours over {len(SEEDS)} seeds {mean:.6g} +- {std:.3g} "
+              f"(seed 0: {draws[name][0]:.6g})")
+        # A term that does not depend on the draw (the box loss when every labelled object fits
+        # under the foreground cap) must equal the reference like a deterministic one.
+        if abs(ref - mean) > max(4 * std, LOSS_RTOL * abs(ref)):
+            failures.append(f"{name}: reference {ref} outside {mean} +- 4 x {std}")
+    assert not failures, failures
+    # The RPN's labels depend only on the anchors and the ground truth, and its draws are the
+    # same randperm calls in the same order: seeded like the reference, they are its draws.
+    # (The proposals' draws depend on how many proposals survive NMS, which 1e-6 feature
+    # differences can change, so the box branch is only compared in distribution.)
+    for name in ("loss_rpn_cls", "loss_rpn_loc"):
+        assert draws[name][0] == pytest.approx(case.losses[name], rel=LOSS_RTOL), name
+    assert statistics.stdev(draws["loss_cls"]) > 0, "the sampled proposals do not change with the seed"
+    assert statistics.stdev(draws["loss_rpn_cls"]) > 0, "the sampled anchors do not change with the seed"
 
 
 @pytest.mark.skipif(not os.environ.get(FULL_STEP_ENV), reason=f"full training steps are slow on CPU "

@@ -15,7 +15,8 @@ from dyhead_zoo.models.retinanet import INITIAL_LOSS_NORMALIZER, RetinaNetHead
 from dyhead_zoo.training.matcher import Matcher
 from dyhead_zoo.training.retinanet_loss import label_anchors, retinanet_losses
 
-from head_train_step import FULL_STEP_ENV, TRAINABLE_BACKENDS, backbone_features, compare_head_to_reference, head_step
+from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, TRAINABLE_BACKENDS, backbone_features,
+                             compare_head_to_reference, head_step)
 from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
 
 VARIANT = "dyhead_r50_retina_fpn_1x"
@@ -135,7 +136,7 @@ def test_bad_targets_are_rejected_with_the_fix():
 def reference_step():
     case = load_case(VARIANT, "case0")
     model = build_train_model(case)
-    features, sizes = backbone_features(model, case)
+    features, sizes = backbone_features(model, case, REFERENCE_BACKEND)
     losses, grads = head_step(model, case, features, sizes)
     return case, model, losses, grads
 
