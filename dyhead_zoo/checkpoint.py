@@ -120,9 +120,8 @@ def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
                 f"{path}: this checkpoint holds objects other than tensors and numpy arrays{culprit}, and "
                 "reading them needs arbitrary unpickling, which can run code. If you trust the file, pass "
                 "allow_unsafe_pickle=True (on the dyhead-zoo command line: --allow-unsafe-pickle), or convert it "
-                "once with `python -m converters.to_hub_folder NAME "
-                "--checkpoint PATH --allow-unsafe-pickle` and load the resulting model.safetensors with "
-                "weights=PATH") from err
+                "once with `dyhead-zoo convert NAME --checkpoint PATH --allow-unsafe-pickle` and load the "
+                "resulting model.safetensors with weights=PATH") from err
         found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", message, re.S)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
                               f"({found.group(1) if found else message})") from err
