@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--width", type=int, metavar="W", help="padded input width (see --height)")
     ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per batch (default 1)")
     ex.add_argument("--dynamic", action="store_true",
-                    help="batch size, height and width as dynamic dimensions (one-stage variants)")
+                    help="batch size, height and width as dynamic dimensions (one-stage variants; height and "
+                         "width multiples of the size divisibility, at least twice it)")
     ex.add_argument("--output", required=True, metavar="FILE", help="the file to write")
     ex.set_defaults(func=cmd_export)
     return parser

@@ -57,8 +57,8 @@ def _dynamic_shapes(model: nn.Module, dynamic: bool):
                          "in-graph proposal top-k fixes the input size: export it at the size you need")
     d = model.config.input.size_divisibility
     Dim = torch.export.Dim
-    return ({0: Dim("batch", min=1, max=64), 2: d * Dim("height_blocks", min=1, max=4096 // d),
-             3: d * Dim("width_blocks", min=1, max=4096 // d)},)
+    return ({0: Dim("batch", min=1, max=64), 2: d * Dim("height_blocks", min=2, max=4096 // d),
+             3: d * Dim("width_blocks", min=2, max=4096 // d)},)
 
 
 def export_program(model: nn.Module, height: int, width: int, batch_size: int = 1,
@@ -66,6 +66,9 @@ def export_program(model: nn.Module, height: int, width: int, batch_size: int = 
     """``torch.export`` of ``model``'s :class:`ExportableNetwork` (float32, eval mode) at the padded
     input size ``height`` x ``width`` (or dynamic sizes, multiples of the size divisibility)."""
     network = ExportableNetwork(model.eval().float())
+    if dynamic:  # sizes of 1 (batch, blocks of the divisibility) would be specialised as constants
+        d = model.config.input.size_divisibility
+        height, width, batch_size = max(height, 2 * d), max(width, 2 * d), max(batch_size, 2)
     inputs = example_inputs(model, height, width, batch_size)
     # Traced with autograd on: the eager no-grad fast paths (folded and fused convs, oneDNN
     # kernels) are not exportable ops; the plain path computes the same numbers.
