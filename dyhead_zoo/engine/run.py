@@ -143,6 +143,10 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         sizes = (min_size,) if min_size is not None else recipe.min_size_train
         recipe = dataclasses.replace(recipe, min_size_train=sizes,
                                      max_size_train=max_size if max_size is not None else recipe.max_size_train)
+    if not (recipe.aspect_ratio_grouping and recipe.filter_empty_annotations):
+        raise ValueError("the training loader always groups batches by aspect ratio and skips images without "
+                         "boxes (the official settings); aspect_ratio_grouping=False / filter_empty_annotations="
+                         "False are not supported")
     output = Path(output_dir)
     has_run = last_checkpoint(output) is not None
     if has_run and not resume:
