@@ -130,6 +130,25 @@ def test_bad_targets_are_rejected_with_the_fix():
         retinanet_losses(head, outputs, anchors, [(64, 64)] * 2, [good, good])
 
 
+def test_detector_in_train_mode_returns_the_retinanet_losses():
+    torch.manual_seed(0)
+    # A narrow one-block model keeps this quick; the loss rules do not depend on the widths.
+    config = dataclasses.replace(dyhead_zoo.get_config(VARIANT), fpn_channels=32, dyhead_num_blocks=1)
+    model = dyhead_zoo.create_model(VARIANT, config=config).train()
+    images = torch.randn(2, 3, 128, 128)
+    no_objects = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    one = {"boxes": torch.tensor([[10.0, 12.0, 60.0, 50.0]]), "labels": torch.tensor([5])}
+    losses = model(images, [(128, 128), (100, 120)], [no_objects, no_objects])
+    assert set(losses) == {"loss_cls", "loss_box_reg"} and losses["loss_box_reg"].item() == 0.0
+    losses = model(images, [(128, 128), (100, 120)], [one, no_objects])
+    assert losses["loss_box_reg"].item() > 0
+    sum(losses.values()).backward()
+    assert model.head.bbox_pred.weight.grad.abs().sum() > 0
+    # Two steps so far: 100 -> 0.9 * 100 + 0.1 * 1 -> then this batch's foreground count.
+    assert model.head.loss_normalizer > 0.9 * (0.9 * INITIAL_LOSS_NORMALIZER + 0.1) + 0.1
+    assert "head.loss_normalizer" not in model.state_dict()
+
+
 # ---------------------------------------------------------------- the official reference
 
 @pytest.fixture(scope="module")
