@@ -100,7 +100,8 @@ def load_image(image: ImageInput) -> np.ndarray:
         source = "tensor"
         array = _from_array(_chw_tensor_to_hwc(image), source)
     else:
-        raise TypeError(f"expected a path, PIL.Image, numpy array or (3, H, W) uint8 tensor, got {type(image).__name__}; "
+        raise TypeError(f"expected a path, PIL.Image or numpy array (or a (3, H, W) uint8 tensor), got "
+                        f"{type(image).__name__}; "
                         "for tensors already preprocessed call the model directly")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{source}: empty image of size {array.shape[1]}x{array.shape[0]}")
