@@ -40,8 +40,16 @@ def backbone_features(model: dyhead_zoo.DyHeadDetector, case: TrainCase, backend
                       ) -> tuple[dict[str, Tensor], list[tuple[int, int]]]:
     """The DyHead features of the case's batch (no gradient) and the image sizes."""
     batch, sizes = build_batch(case, model.config)
-    with dcn_backend(backend), torch.no_grad():
-        return model.backbone(batch), sizes
+    threads = torch.get_num_threads()
+    # One thread: the reference's proposals hold near-ties that NMS resolves differently when
+    # the features move by 1e-7 (summation order); one proposal more or less shifts the box
+    # branch's gradients past the tolerance. A single thread reproduced them on our CPUs.
+    torch.set_num_threads(1)
+    try:
+        with dcn_backend(backend), torch.no_grad():
+            return model.backbone(batch), sizes
+    finally:
+        torch.set_num_threads(threads)
 
 
 def head_losses(model: dyhead_zoo.DyHeadDetector, features: dict[str, Tensor], sizes: list[tuple[int, int]],
@@ -51,9 +59,13 @@ def head_losses(model: dyhead_zoo.DyHeadDetector, features: dict[str, Tensor], s
         from dyhead_zoo.training.rcnn_losses import rcnn_losses
 
         return rcnn_losses(model, features, sizes, targets)
+    maps = [features[name] for name in model.levels]
+    if model.config.meta_architecture == "ATSS":
+        from dyhead_zoo.training.atss_loss import atss_losses
+
+        return atss_losses(model.head, model.head(maps), model.anchor_generator(maps), sizes, targets)
     from dyhead_zoo.training.retinanet_loss import retinanet_losses
 
-    maps = [features[name] for name in model.levels]
     return retinanet_losses(model.head, model.head(maps), model.anchor_generator(maps), sizes, targets)
 
 
