@@ -1,7 +1,7 @@
 """CPU speed per variant: the default path against the torchvision-DCN path, same run, per stage.
 
     python -m benchmarks.cpu_speed [--models NAME ...] [--threads 1 2] [--repeats 3]
-                                   [--size 800 1333] [--bf16] [--out benchmarks/results]
+                                   [--size 800 1333] [--bf16] [--clock wall|cpu] [--out benchmarks/results]
 
 One photograph (the coffee photo of the parity tests, stretched to ``--size``) through
 ``model(batch, sizes)`` at batch 1 in float32, with the seeded random checkpoint in the official
@@ -14,14 +14,18 @@ medians over ``--repeats`` rounds):
   into the convs, channels-last, fused bias/ReLU/add; ``dyhead_zoo.models.fused_conv``);
 * ``torchvision``: the same with ``DYHEAD_DCN_BACKEND=torchvision`` (the issue's reference);
 * ``torchvision-unfused``: ``DYHEAD_DCN_BACKEND=torchvision`` and ``DYHEAD_FUSED_INFERENCE=0``,
-  the path as it was before the fusions (the official pipeline's speed).
+  the path as it was before the fusions (the official pipeline's speed);
+* ``default-unfused``: the automatic DCN backend with ``DYHEAD_FUSED_INFERENCE=0`` (what the
+  fusions gain; the post-processing is the new one in every path).
 
 The ratio is ``default`` over each reference, per variant and thread count, with the time
 per stage (backbone, FPN, DyHead tower, head, post-processing: forward hooks as in
 ``benchmarks.latency``). With ``--bf16`` the default path also runs under CPU bfloat16
 autocast, with its agreement with float32 (same label and IoU > 0.9; score and box
-differences over the 10 best float32 detections). Writes ``cpu_speed.json`` and
-``cpu_speed.md`` under ``--out`` and prints the table.
+differences over the 10 best float32 detections). ``--clock cpu`` times with the process's CPU
+time instead of the wall clock: on a machine shared with other jobs it is the steadier
+measure of the work done (at one thread; with more it sums the threads). Writes
+``cpu_speed.json`` and ``cpu_speed.md`` under ``--out`` and prints the table.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ PATHS = {
     "default": ("auto", True, None),
     "torchvision": ("torchvision", True, None),
     "torchvision-unfused": ("torchvision", False, None),
+    "default-unfused": ("auto", False, None),
     "default-bf16": ("auto", True, torch.bfloat16),
 }
 
@@ -71,10 +76,14 @@ def environ(**values: str):
                 os.environ[key] = value
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class StageTimer:
     """Seconds spent in each stage of one forward, from forward hooks on the stage modules."""
 
-    def __init__(self, model: dyhead_zoo.DyHeadDetector) -> None:
+    def __init__(self, model: dyhead_zoo.DyHeadDetector, clock=time.perf_counter) -> None:
+        self.clock = clock
         self.spent: dict[str, float] = defaultdict(float)
         self._starts: dict[int, float] = {}
         for stage, modules in _stage_modules(model).items():
@@ -83,11 +92,11 @@ class StageTimer:
                 module.register_forward_hook(self._after(stage))
 
     def _before(self, module, args) -> None:
-        self._starts[id(module)] = time.perf_counter()
+        self._starts[id(module)] = self.clock()
 
     def _after(self, stage: str):
         def hook(module, args, output) -> None:
-            self.spent[stage] += time.perf_counter() - self._starts.pop(id(module))
+            self.spent[stage] += self.clock() - self._starts.pop(id(module))
         return hook
 
     def stages(self, total: float) -> dict[str, float]:
@@ -123,12 +132,12 @@ def agreement(dets, ref, top: int = 10) -> dict:
     return result
 
 
-def bench_variant(name: str, paths: list[str], repeats: int, size: tuple[int, int]) -> dict:
+def bench_variant(name: str, paths: list[str], repeats: int, size: tuple[int, int], clock: str = "wall") -> dict:
     """Median total and per-stage seconds of each path for variant ``name``, alternating paths."""
     model = dyhead_zoo.create_model(name)
     model.load_state_dict(seeded_checkpoint(name))
     model.eval()
-    timer = StageTimer(model)
+    timer = StageTimer(model, CLOCKS[clock])
     batch, sizes = normalize_and_pad([to_model_tensor(photo(*size), model.config.input)], model.config.input)
     runs: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     outputs = {}
@@ -139,9 +148,9 @@ def bench_variant(name: str, paths: list[str], repeats: int, size: tuple[int, in
                 autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
                 with environ(**{dc.ENV_VAR: backend, fused_conv.ENV_VAR: "1" if fused else "0"}), autocast:
                     timer.spent.clear()
-                    start = time.perf_counter()
+                    start = timer.clock()
                     detections = model(batch, sizes)
-                    total = time.perf_counter() - start
+                    total = timer.clock() - start
                 if round_index == 0:
                     outputs[path] = detections[0]
                 else:
@@ -156,7 +165,7 @@ def bench_variant(name: str, paths: list[str], repeats: int, size: tuple[int, in
         if path != "default":
             result[f"default_vs_{path}"] = default / result["paths"][path]["median_s"]["total"]
     for path in paths:
-        if path.startswith("torchvision"):
+        if path.startswith("torchvision") or path == "default-unfused":
             result["paths"][path]["detections_vs_default"] = compare(
                 [outputs[path]], [outputs["default"]], 0.999, 1e-4)
     if "default-bf16" in paths:
@@ -168,18 +177,23 @@ def markdown(record: dict) -> str:
     """Ratio table per (threads, variant), then the per-stage seconds of every path."""
     env = record["environment"]
     paths = record["paths"]
-    refs = [p for p in paths if p.startswith("torchvision")]
-    lines = [f"CPU forward at {record['size'][0]}x{record['size'][1]}, batch 1, float32, median of "
+    refs = [p for p in paths if p.startswith("torchvision") or p == "default-unfused"]
+    clock = "CPU seconds" if record.get("clock") == "cpu" else "seconds"
+    lines = [f"CPU forward at {record['size'][0]}x{record['size'][1]}, batch 1, float32, {clock}, median of "
              f"{record['repeats']} alternating rounds after a warm-up (torch {env['torch']}, {env['machine']}); "
              f"default DCN backend: {record['auto_backend']}", ""]
     head = ["threads", "variant"] + [f"{p} s" for p in paths] + [f"default / {p}" for p in refs]
+    head += [f"{p} detections matching default's*" for p in refs]
     lines += ["| " + " | ".join(head) + " |", "|---:|---|" + "---:|" * (len(head) - 2)]
     for row in record["rows"]:
         r = row["result"]
         cells = [str(row["threads"]), row["variant"]]
         cells += [f"{r['paths'][p]['median_s']['total']:.2f}" for p in paths]
         cells += [f"**{r[f'default_vs_{p}']:.2f}x**" for p in refs]
+        cells += [f"{r['paths'][p]['detections_vs_default']['matched']}/"
+                  f"{r['paths'][p]['detections_vs_default']['reference']}" for p in refs]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "*same label, IoU > 0.999 and score within 1e-4 (the parity tests' rule)."]
     lines += ["", "Seconds per stage (median):", ""]
     head = ["threads", "variant", "path", *STAGES, "total"]
     lines += ["| " + " | ".join(head) + " |", "|---:|---|---|" + "---:|" * (len(head) - 3)]
@@ -204,24 +218,29 @@ def markdown(record: dict) -> str:
 
 
 def run(models: list[str], threads: list[int], repeats: int, size: tuple[int, int], bf16: bool, unfused: bool,
-        out: Path) -> dict:
+        out: Path, clock: str = "wall") -> dict:
     """Run the benchmark, write ``cpu_speed.json`` / ``.md`` under ``out``, return the record."""
-    paths = ["default", "torchvision"] + (["torchvision-unfused"] if unfused else []) + (["default-bf16"] if bf16 else [])
+    paths = ["default", "torchvision"] + (["torchvision-unfused", "default-unfused"] if unfused else [])
+    paths += ["default-bf16"] if bf16 else []
     with environ(**{dc.ENV_VAR: "auto"}):
         auto = dc.resolve_backend(None, "cpu")
     record = {"environment": environment(torch.device("cpu"), threads), "repeats": repeats, "size": list(size),
-              "paths": paths, "auto_backend": auto, "rows": []}
+              "paths": paths, "auto_backend": auto, "clock": clock, "rows": []}
     for count in threads:
         torch.set_num_threads(count)
         for name in models:
-            result = bench_variant(name, paths, repeats, size)
+            result = bench_variant(name, paths, repeats, size, clock)
             record["rows"].append({"threads": count, "variant": name, "result": result})
             print(f"  threads {count} {name}: " + ", ".join(
                 f"{p} {result['paths'][p]['median_s']['total']:.2f} s" for p in paths), flush=True)
+            _write(record, out)  # after every variant, so a long run leaves its figures as it goes
+    return record
+
+
+def _write(record: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_speed.json").write_text(json.dumps(record, indent=1))
     (out / "cpu_speed.md").write_text(markdown(record))
-    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,10 +252,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="input height and width (multiples of 32 after padding)")
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast and its agreement")
     parser.add_argument("--no-unfused", dest="unfused", action="store_false",
-                        help="skip the torchvision path with the fusions off")
+                        help="skip the torchvision and default paths with the fusions off")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall clock (default) or the process's CPU time (steadier on a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for cpu_speed.json / .md")
     args = parser.parse_args(argv)
-    record = run(args.models, args.threads, args.repeats, tuple(args.size), args.bf16, args.unfused, args.out)
+    record = run(args.models, args.threads, args.repeats, tuple(args.size), args.bf16, args.unfused, args.out,
+                 args.clock)
     print(markdown(record), end="")
 
 

@@ -8,7 +8,6 @@ from torchvision.ops import batched_nms
 from .atss import flatten_per_location
 from .box_coder import apply_deltas
 from .candidates import sigmoid_candidates
-from .fused_conv import conv2d_bias_act, inference_path
 from ..config import HeadConfig
 
 #: detectron2's starting value of RetinaNet's loss normaliser ("any reasonable #fg").
@@ -67,22 +66,8 @@ class RetinaNetHead(nn.Module):
         """Per level: class logits (N, A*K, H, W) and box deltas (N, A*4, H, W)."""
         if len(features) != self.num_levels:
             raise ValueError(f"RetinaNetHead was built for {self.num_levels} levels, got {len(features)}")
-        if inference_path(self):
-            return self._fused_forward(features)
         logits = [self.cls_score(self.cls_subnet(f)) for f in features]
         deltas = [self.bbox_pred(self.bbox_subnet(f)) for f in features]
-        return logits, deltas
-
-    def _fused_forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Inference: the same towers in channels-last with each ReLU fused into its conv."""
-        def run(tower: nn.Sequential, predictor: nn.Conv2d, x: Tensor) -> Tensor:
-            for conv in tower[0::2]:  # (conv, ReLU) pairs
-                x = conv2d_bias_act(x, conv.weight, conv.bias, conv.stride, conv.padding, relu=True)
-            return conv2d_bias_act(x, predictor.weight, predictor.bias, predictor.stride, predictor.padding)
-
-        features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-        logits = [run(self.cls_subnet, self.cls_score, f) for f in features]
-        deltas = [run(self.bbox_subnet, self.bbox_pred, f) for f in features]
         return logits, deltas
 
     def inference(self, outputs: tuple[list[Tensor], list[Tensor]], anchors: list[Tensor],
