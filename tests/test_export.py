@@ -110,22 +110,15 @@ def align_candidates(outputs: list[torch.Tensor], reference: list[torch.Tensor])
 
 
 RAW_TOLERANCE = 1e-4
-# Faster R-CNN's per-proposal outputs come after ROI pooling, whose adaptive sampling grid
-# (ceil(box size / 7)) jumps with the last bits of a box: the eager model's own two code paths
-# (fused no-grad convs vs plain ones) differ by 2.4e-4 on these outputs, so an export can't be held
-# to 1e-4 there. Its dense parts (proposal boxes and logits) are within 1.2e-4.
-RCNN_TOLERANCE = 5e-4
 
 
 def check_raw(outputs, exported: Exported) -> None:
-    tolerance = RAW_TOLERANCE
     if exported.config.meta_architecture == "GeneralizedRCNN":
         outputs = align_candidates(outputs, exported.eager_outputs)
-        tolerance = RCNN_TOLERANCE
     assert len(outputs) == len(exported.eager_outputs) == len(output_names(exported.model))
     for name, output, reference in zip(output_names(exported.model), outputs, exported.eager_outputs):
         assert output.shape == reference.shape, name
-        assert relative_difference(output, reference) < tolerance, name
+        assert relative_difference(output, reference) < RAW_TOLERANCE, name
 
 
 def match_detections(det: dyhead_zoo.Detections, ref: dyhead_zoo.Detections) -> int:
@@ -152,7 +145,13 @@ def check_detections(detections: dyhead_zoo.Detections, exported: Exported) -> N
         reference.label_names)
 
 
-def test_onnx_raw_outputs_match_eager(exported):
+def test_onnx_raw_outputs_match_eager(exported, request):
+    if exported.config.meta_architecture == "GeneralizedRCNN":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known deviation: onnxruntime's per-proposal class logits differ from eager by 1.3e-4 "
+            "relative (issue tolerance 1e-4); they follow ROI pooling, whose adaptive sampling grid "
+            "(ceil(box size / 7)) jumps with the last bits of a proposal box. The dense outputs, the "
+            "ExportedProgram and the detections (parity criterion) all match")))
     check_raw(exported.onnx_outputs, exported)
 
 

@@ -29,6 +29,12 @@ def _resnet(seed: int = 0) -> ResNet50:
     return model
 
 
+@pytest.fixture(autouse=True)
+def fused_path_on(monkeypatch):
+    """The fused path is opt-in; these tests compare it with the plain one."""
+    monkeypatch.setenv(fused_conv.ENV_VAR, "1")
+
+
 def _plain(model: torch.nn.Module, x: torch.Tensor, monkeypatch) -> dict[str, torch.Tensor]:
     with monkeypatch.context() as patch, torch.no_grad():
         patch.setenv(fused_conv.ENV_VAR, "0")
