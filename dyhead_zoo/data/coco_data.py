@@ -95,22 +95,43 @@ def category_mapping(categories: Sequence[dict[str, Any]],
     return ids
 
 
-def _fail(path: Path, problem: str) -> ValueError:
+def coco_format_error(path: Path, problem: str) -> ValueError:
+    """A ``ValueError`` naming ``path``, its ``problem`` and the layout a COCO instances file has."""
     return ValueError(f"{path}: {problem}; expected a COCO-format instances file "
                       "(images, annotations and categories lists, as in instances_val2017.json)")
 
 
 def _check_fields(path: Path, section: str, items: Any, fields: dict[str, type | tuple[type, ...]]) -> None:
     if not isinstance(items, list):
-        raise _fail(path, f"'{section}' is a {type(items).__name__}, not a list")
+        raise coco_format_error(path, f"'{section}' is a {type(items).__name__}, not a list")
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise _fail(path, f"{section}[{index}] is a {type(item).__name__}, not an object")
+            raise coco_format_error(path, f"{section}[{index}] is a {type(item).__name__}, not an object")
         for field, kind in fields.items():
             if field not in item:
-                raise _fail(path, f"{section}[{index}] has no '{field}'")
+                raise coco_format_error(path, f"{section}[{index}] has no '{field}'")
             if not isinstance(item[field], kind) or isinstance(item[field], bool):
-                raise _fail(path, f"{section}[{index}]['{field}'] is {item[field]!r}")
+                raise coco_format_error(path, f"{section}[{index}]['{field}'] is {item[field]!r}")
+
+
+def read_instances(annotations: Path, annotation_fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """Parse a COCO instances JSON file and check its layout: ``images`` (id, file_name, height,
+    width), ``categories`` (id, name) and ``annotations`` with ``annotation_fields``. Raises
+    :func:`coco_format_error`'s ``ValueError`` naming the first problem."""
+    try:
+        with annotations.open("rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise coco_format_error(annotations, f"not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise coco_format_error(annotations, f"the top level is a {type(data).__name__}, not an object")
+    for section in ("images", "annotations", "categories"):
+        if section not in data:
+            raise coco_format_error(annotations, f"no '{section}' list")
+    _check_fields(annotations, "images", data["images"], {"id": int, "file_name": str, "height": int, "width": int})
+    _check_fields(annotations, "categories", data["categories"], {"id": int, "name": str})
+    _check_fields(annotations, "annotations", data["annotations"], annotation_fields)
+    return data
 
 
 def load_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
@@ -127,30 +148,17 @@ def load_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
                                 "DIR/annotations/instances_val2017.json, from annotations_trainval2017.zip)")
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir} (for COCO: DIR/val2017, from val2017.zip)")
-    try:
-        with annotations.open("rb") as f:
-            gt = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(annotations, f"not valid JSON ({err})") from err
-    if not isinstance(gt, dict):
-        raise _fail(annotations, f"the top level is a {type(gt).__name__}, not an object")
-    for section in ("images", "annotations", "categories"):
-        if section not in gt:
-            raise _fail(annotations, f"no '{section}' list")
     number = (int, float)
-    _check_fields(annotations, "images", gt["images"], {"id": int, "file_name": str, "height": int, "width": int})
-    _check_fields(annotations, "categories", gt["categories"], {"id": int, "name": str})
-    _check_fields(annotations, "annotations", gt["annotations"],
-                  {"id": int, "image_id": int, "category_id": int, "bbox": list, "area": number})
+    gt = read_instances(annotations, {"id": int, "image_id": int, "category_id": int, "bbox": list, "area": number})
     image_ids = {im["id"] for im in gt["images"]}
     if len(image_ids) != len(gt["images"]):
-        raise _fail(annotations, "image ids are not unique")
+        raise coco_format_error(annotations, "image ids are not unique")
     category_ids = {c["id"] for c in gt["categories"]}
     for index, ann in enumerate(gt["annotations"]):
         if ann["image_id"] not in image_ids or ann["category_id"] not in category_ids:
-            raise _fail(annotations, f"annotations[{index}] refers to an unknown image or category")
+            raise coco_format_error(annotations, f"annotations[{index}] refers to an unknown image or category")
         if len(ann["bbox"]) != 4 or not all(isinstance(v, number) for v in ann["bbox"]):
-            raise _fail(annotations, f"annotations[{index}]['bbox'] is not [x, y, width, height]")
+            raise coco_format_error(annotations, f"annotations[{index}]['bbox'] is not [x, y, width, height]")
     negative = sum(1 for ann in gt["annotations"] if ann["bbox"][2] < 0 or ann["bbox"][3] < 0)
     if negative:
         warnings.warn(f"{annotations}: {negative} of {len(gt['annotations'])} ground-truth boxes have a negative "
@@ -159,7 +167,7 @@ def load_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
                            for im in gt["images"]), key=lambda im: im.id))
     for image in images:
         if image.height < 1 or image.width < 1:
-            raise _fail(annotations, f"image {image.id} has size {image.width}x{image.height}")
+            raise coco_format_error(annotations, f"image {image.id} has size {image.width}x{image.height}")
     return CocoData(images_dir, annotations, images, gt, category_mapping(gt["categories"], class_names))
 
 

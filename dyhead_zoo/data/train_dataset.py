@@ -9,16 +9,16 @@ reported here, naming the problem and the fix.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from .coco_data import coco_format_error, read_instances
 
 logger = logging.getLogger(__name__)
 
@@ -70,42 +70,6 @@ class TrainDataset:
                 "dropped")
 
 
-def _fail(path: Path, problem: str) -> ValueError:
-    return ValueError(f"{path}: {problem}; expected a COCO-format instances file "
-                      "(images, annotations and categories lists, as in instances_train2017.json)")
-
-
-def _check_fields(path: Path, section: str, items: Any, fields: dict[str, type | tuple[type, ...]]) -> None:
-    if not isinstance(items, list):
-        raise _fail(path, f"'{section}' is a {type(items).__name__}, not a list")
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _fail(path, f"{section}[{index}] is a {type(item).__name__}, not an object")
-        for field, kind in fields.items():
-            if field not in item:
-                raise _fail(path, f"{section}[{index}] has no '{field}'")
-            if not isinstance(item[field], kind) or isinstance(item[field], bool):
-                raise _fail(path, f"{section}[{index}]['{field}'] is {item[field]!r}")
-
-
-def _read_json(annotations: Path) -> dict[str, Any]:
-    try:
-        with annotations.open("rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(annotations, f"not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise _fail(annotations, f"the top level is a {type(data).__name__}, not an object")
-    for section in ("images", "annotations", "categories"):
-        if section not in data:
-            raise _fail(annotations, f"no '{section}' list")
-    _check_fields(annotations, "images", data["images"], {"id": int, "file_name": str, "height": int, "width": int})
-    _check_fields(annotations, "categories", data["categories"], {"id": int, "name": str})
-    _check_fields(annotations, "annotations", data["annotations"],
-                  {"image_id": int, "category_id": int, "bbox": list})
-    return data
-
-
 def _box_problem(bbox: list, height: int, width: int) -> str | None:
     """Why an XYWH box cannot be trained on, or None when it can."""
     if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
@@ -139,21 +103,21 @@ def load_train_dataset(images_dir: str | os.PathLike, annotations: str | os.Path
                                 "json: --train-annotations)")
     if not images_dir.is_dir():
         raise FileNotFoundError(f"training image folder not found: {images_dir} (--train-images)")
-    data = _read_json(annotations)
+    data = read_instances(annotations, {"image_id": int, "category_id": int, "bbox": list})
     categories = sorted(data["categories"], key=lambda c: c["id"])
     if not categories:
-        raise _fail(annotations, "'categories' is empty: list the classes to train, e.g. "
+        raise coco_format_error(annotations, "'categories' is empty: list the classes to train, e.g. "
                                  "[{\"id\": 1, \"name\": \"cat\"}]")
     category_ids = tuple(c["id"] for c in categories)
     if len(set(category_ids)) != len(category_ids):
-        raise _fail(annotations, "category ids are not unique")
+        raise coco_format_error(annotations, "category ids are not unique")
     label_of = {cid: label for label, cid in enumerate(category_ids)}
     images = {im["id"]: im for im in data["images"]}
     if len(images) != len(data["images"]):
-        raise _fail(annotations, "image ids are not unique")
+        raise coco_format_error(annotations, "image ids are not unique")
     for image in data["images"]:
         if image["height"] < 1 or image["width"] < 1:
-            raise _fail(annotations, f"image {image['id']} has size {image['width']}x{image['height']}")
+            raise coco_format_error(annotations, f"image {image['id']} has size {image['width']}x{image['height']}")
 
     unknown_categories = sorted({a["category_id"] for a in data["annotations"] if a["category_id"] not in label_of})
     if unknown_categories:
