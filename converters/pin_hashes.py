@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from . import script_main
+
 
 def _resolved_revision(source, path: Path) -> str:
     # The Hugging Face cache keeps files under snapshots/<commit>/<filename>.
@@ -99,14 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dyhead-zoo pin-hashes", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return script_main("dyhead-zoo pin-hashes", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from . import script_main
+
 FILES = ("model.safetensors", "config.json", "README.md")
 
 
@@ -96,14 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dyhead-zoo upload", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return script_main("dyhead-zoo upload", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
