@@ -288,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, lr=args.lr, device=args.device, amp=args.amp,
                        eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, resume=args.resume,
                        strict=args.strict, workers=args.workers, seed=args.seed, min_size=args.min_size,
-                       max_size=args.max_size, progress=not args.no_progress)
+                       max_size=args.max_size, progress=not args.no_progress, deterministic=args.deterministic)
     except KeyboardInterrupt as stop:
         print(f"dyhead-zoo train: interrupted ({stop or 'without a checkpoint'}); run the same command with "
               "--resume to continue", file=sys.stderr)
@@ -474,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         "(default: the recipe's 5000)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="data order and initialisation seed")
+    run.add_argument("--deterministic", action="store_true",
+                     help="repeat bit for bit (one CPU thread; deterministic cuDNN): slower, for exact "
+                          "reproduction; without it, runs agree to float32 rounding")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     quick = tr.add_argument_group("quick runs (small images; not the official recipe)")
     quick.add_argument("--min-size", type=int, metavar="PX", help="training and evaluation shorter side")

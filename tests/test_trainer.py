@@ -142,23 +142,25 @@ def _interrupt_after(iteration: int, monkeypatch) -> None:
 
 
 def test_interrupted_and_resumed_run_equals_straight_run(tiny_set, start_weights, tmp_path, monkeypatch):
-    straight = quick_train(tiny_set, tmp_path / "straight", start_weights, max_iter=6)
+    threads_before = torch.get_num_threads()
+    straight = quick_train(tiny_set, tmp_path / "straight", start_weights, max_iter=6, deterministic=True)
     assert straight.iterations == 6
 
     _interrupt_after(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt, match="stopped at iteration 3"):
-        quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6)
+        quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6, deterministic=True)
     monkeypatch.undo()
     assert (tmp_path / "resumed" / "last_checkpoint").read_text().strip() == "checkpoints/iter_0000003"
     assert not (tmp_path / "resumed" / "model_final").exists()
     with pytest.raises(ValueError, match="--resume"):
-        quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6)
-    resumed = quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6, resume=True)
+        quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6, deterministic=True)
+    resumed = quick_train(tiny_set, tmp_path / "resumed", start_weights, max_iter=6, resume=True, deterministic=True)
     assert resumed.iterations == 6
 
     diff = max_abs_diff(read_weights(straight.final_model), read_weights(resumed.final_model))
     print(f"6 straight vs 3 + resume + 3: max abs weight difference {diff:.3g}")
-    assert diff == 0.0  # same batches, same float32 operations on one CPU process
+    assert diff == 0.0  # same batches, same float32 operations in the same order (one thread)
+    assert torch.get_num_threads() == threads_before  # the deterministic run gave its threads back
     before = read_weights(straight.final_model.parent / "checkpoints" / "iter_0000006")
     assert max_abs_diff(before, read_weights(straight.final_model)) == 0.0
 

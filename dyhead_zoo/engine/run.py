@@ -109,7 +109,8 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
           amp: str | None = None, eval_period: int = 0, checkpoint_period: int | None = None,
           resume: bool = False, strict: bool = False, workers: int = 0, seed: int = 0,
           min_size: int | None = None, max_size: int | None = None, recipe: TrainRecipe | None = None,
-          config: ModelConfig | None = None, progress: bool = True, log_period: int = 20) -> TrainResult | None:
+          config: ModelConfig | None = None, progress: bool = True, log_period: int = 20,
+          deterministic: bool = False) -> TrainResult | None:
     """Train or fine-tune variant ``model`` on a COCO-format set; returns the result on rank 0.
 
     Classes come from ``train_annotations``'s categories (sorted by id). Starting point: one
@@ -119,7 +120,8 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
     the variant's official one with ``max_iter``, ``batch_size`` (images per iteration, all
     processes; scales the LR) and ``lr`` applied. ``min_size``/``max_size`` shrink the
     training and evaluation sizes for quick runs. ``resume`` continues the newest checkpoint
-    in ``output_dir``. ``config`` changes the variant's settings (e.g. ``dataclasses.replace(
+    in ``output_dir``; with ``deterministic`` (one CPU thread, or deterministic cuDNN) a run,
+    and a resumed one, repeats bit for bit. ``config`` changes the variant's settings (e.g. ``dataclasses.replace(
     get_config(model), ...)``; its classes are replaced by the training set's). See
     :class:`~dyhead_zoo.engine.trainer.Trainer` for the rest.
     """
@@ -129,6 +131,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
     from ..evaluation.evaluate import distributed
     from ..registry import create_model, get_config
     from .amp import check_amp
+    from .determinism import deterministic_run
 
     # Checks first: nothing below may fail after minutes of model building or training.
     base = config or get_config(model)
@@ -169,7 +172,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         val_data = load_coco(val_images, val_annotations, class_names=config.class_names)
         check_image_files(val_data.images)
 
-    with distributed(str(run_device)) as group:
+    with distributed(str(run_device)) as group, deterministic_run(run_device, deterministic):
         if group.rank == 0:
             print(dataset.summary(), file=sys.stderr)
         torch.manual_seed(seed)
