@@ -58,6 +58,20 @@ def _step(reference_model, backend):
     return case, *steps[backend]
 
 
+#: Why the gradients below the first DyHead block miss the elementwise tolerance (measured).
+BELOW_BLOCK0_NOISE = (
+    "float32 noise floor, not a formula difference: below the first DyHead block (its offset "
+    "conv, the FPN, the backbone) R50's gradient norms differ from the official ones by up to "
+    "1.4e-3 relative, and block 0's offset-conv and the stem's full gradients miss rtol 1e-3 "
+    "elementwise. A float64 run of the same step (torchvision DCN) puts the official float32 "
+    "values themselves 1.25e-3 (fpn_output3 norm) and 4.0e-3 (block 0 offset conv, elementwise "
+    "norm) away from the exact gradient, and ours 9.8e-4 and 1.8e-3: the random checkpoint's "
+    "~70 px offsets make these gradients chaotic in float32 rounding. Swin-T passes with the "
+    "torchvision DCN, whose arithmetic is the reference's; with the gather DCN (same float64 "
+    "accuracy as torchvision's on a DyHead-sized DCN: offset gradient 5.6e-7 vs 5.7e-7 relative) "
+    "block 0's offset-conv full gradient misses by 2.2e-2 absolute and the patch embedding's by 7e-3")
+
+
 def _above_block0_input(name: str) -> bool:
     """Parameters whose gradients do not pass through the first DyHead block's offset/scale
     attention back into the FPN: the head and the DyHead tower, less block 0's offset and
@@ -79,17 +93,12 @@ def test_full_step_matches_official_down_to_dyhead_block0(reference_model, backe
 
 
 @full_steps
-@pytest.mark.xfail(strict=True, reason=(
-    "float32 noise floor, not a formula difference: below the first DyHead block (its offset "
-    "conv, the FPN, the backbone) R50's gradient norms differ from the official ones by up to "
-    "1.4e-3 relative, and block 0's offset-conv and the stem's full gradients miss rtol 1e-3 "
-    "elementwise. A float64 run of the same step (torchvision DCN) puts the official float32 "
-    "values themselves 1.25e-3 (fpn_output3 norm) and 4.0e-3 (block 0 offset conv, elementwise "
-    "norm) away from the exact gradient, and ours 9.8e-4 and 1.8e-3: the random checkpoint's "
-    "~70 px offsets make these gradients chaotic in float32 rounding"))
 @pytest.mark.parametrize("backend", TRAINING_BACKENDS)
-def test_training_step_matches_official_everywhere(reference_model, backend):
+def test_training_step_matches_official_everywhere(reference_model, backend, request):
     """The issue's full criterion: every parameter's gradient as well."""
+    case = reference_model[0]
+    if case.variant == "dyhead_r50_atss_fpn_1x" or backend != REFERENCE_BACKEND:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=BELOW_BLOCK0_NOISE))
     case, losses, grads = _step(reference_model, backend)
     report = compare_to_reference(case, losses, grads)
     print(f"{case.variant} {backend} (all parameters): worst relative differences {report.summary()}")

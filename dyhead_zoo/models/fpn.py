@@ -69,4 +69,10 @@ class FPN(nn.Module):
         return dict(zip(self.out_features, results))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if x.shape[0] > 1 and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled():
+            # One image at a time on CPU inference: oneDNN picks its kernels, and so their float
+            # rounding, by batch size, and a batch should give each image's features bit for bit
+            # (batching buys no speed on CPU).
+            per_image = [self.fuse(self.bottom_up(x[i:i + 1])) for i in range(x.shape[0])]
+            return {name: torch.cat([f[name] for f in per_image]) for name in per_image[0]}
         return self.fuse(self.bottom_up(x))
