@@ -11,13 +11,13 @@ paths run in turn, round after round, in one process (the first round warms up; 
 medians over ``--repeats`` rounds):
 
 * ``default``: the automatic DCN backend with the fused inference path switched on
-  (``DYHEAD_FUSED_INFERENCE=1``, opt-in in the library: FrozenBatchNorm folded into the convs,
-  channels-last, fused bias/ReLU/add; ``dyhead_zoo.models.fused_conv``);
+  (the library's default: FrozenBatchNorm folded into the convs, channels-last, fused
+  bias/ReLU/add; ``dyhead_zoo.models.fused_conv``);
 * ``torchvision``: the same with ``DYHEAD_DCN_BACKEND=torchvision`` (the issue's reference);
 * ``torchvision-unfused``: ``DYHEAD_DCN_BACKEND=torchvision`` and ``DYHEAD_FUSED_INFERENCE=0``,
   the path as it was before the fusions (the official pipeline's speed);
-* ``default-unfused``: the automatic DCN backend with ``DYHEAD_FUSED_INFERENCE=0`` (the library's
-  default path; what the fusions gain; the post-processing is the new one in every path).
+* ``default-unfused``: the automatic DCN backend with ``DYHEAD_FUSED_INFERENCE=0`` (what the
+  fusions gain; the post-processing is the new one in every path).
 
 The ratio is ``default`` over each reference, per variant and thread count, with the time
 per stage (backbone, FPN, DyHead tower, head, post-processing: forward hooks as in

@@ -6,7 +6,9 @@ ops, and export time grows with them); everything else is the variant as publish
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 import dyhead_zoo
+from dyhead_zoo.models import fused_conv
 from conftest import load_case, official_state_dict, parity_cases
 from dyhead_zoo.export import (ExportableNetwork, export_onnx, export_program, output_names, postprocess,
                                prepare_batch, torchvision_deform_conv)
@@ -37,6 +40,20 @@ def small_model(name: str) -> dyhead_zoo.DyHeadDetector:
     model = dyhead_zoo.create_model(name, config=config)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+@contextlib.contextmanager
+def plain_inference_path():
+    """Switch off the fused CPU inference path (folded, fused convs) inside the block."""
+    previous = os.environ.get(fused_conv.ENV_VAR)
+    os.environ[fused_conv.ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(fused_conv.ENV_VAR)
+        else:
+            os.environ[fused_conv.ENV_VAR] = previous
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +78,8 @@ class Exported:
         self.inputs = inputs
         # The eager reference uses the reference DCN backend, the op both exports contain (the
         # fast CPU backend agrees with it to ~1e-5, which a two-stage detector can amplify).
-        with torchvision_deform_conv(), torch.no_grad():
+        # The plain (unfused) eager path: the arithmetic the exported graphs contain.
+        with torchvision_deform_conv(), plain_inference_path(), torch.no_grad():
             self.eager_detections = self.model.predict(photo)
             self.eager_outputs = [t.float() for t in ExportableNetwork(self.model)(*inputs)]
         self.program = export_program(self.model, *self.padded_hw)

@@ -31,7 +31,7 @@ def _resnet(seed: int = 0) -> ResNet50:
 
 @pytest.fixture(autouse=True)
 def fused_path_on(monkeypatch):
-    """The fused path is opt-in; these tests compare it with the plain one."""
+    """The fused path (the default; set explicitly here), compared with the plain one."""
     monkeypatch.setenv(fused_conv.ENV_VAR, "1")
 
 

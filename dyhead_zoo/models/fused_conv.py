@@ -8,10 +8,10 @@ post-ops (the kernels ``torch.compile`` uses on CPU, ``torch.ops.mkldnn._convolu
 apply the bias, add and ReLU while the output tile is still in cache. The fused kernel is used
 only where it can be trusted: float32 on CPU, no autocast, no autograd, and after a start-up
 self-check against ``F.conv2d`` passes; everywhere else the same arithmetic runs eagerly.
-The path is opt-in (``DYHEAD_FUSED_INFERENCE=1``): oneDNN picks its kernels by batch size, so
-its float rounding depends on the batch, and Faster R-CNN's ROI pooling turns that into box
-differences of about 1e-3 px between an image run alone and in a batch, which the plain path
-does not have.
+The path is on by default; ``DYHEAD_FUSED_INFERENCE=0`` switches it off. oneDNN picks its
+kernels, and so their float rounding, by batch size: on CPU inference the backbone and FPN
+therefore run one image at a time (``models/fpn.py``), so an image gives the same features alone
+and in a batch.
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Set to ``1`` to run the fused path in eval mode (off by default; see the module docstring).
+#: Set to ``0`` to run the plain path in eval mode too (the fused path is the default).
 ENV_VAR = "DYHEAD_FUSED_INFERENCE"
 _SELF_CHECK_TOLERANCE = 1e-4  # of the output's largest magnitude, float32
 _onednn_ok: bool | None = None
 
 
 def inference_path(module: nn.Module) -> bool:
-    """Whether ``module`` runs the fused inference path: eval mode, no autograd, and switched
-    on with ``$DYHEAD_FUSED_INFERENCE=1``."""
-    return not module.training and not torch.is_grad_enabled() and os.environ.get(ENV_VAR, "0") == "1"
+    """Whether ``module`` runs the fused inference path: eval mode, no autograd, and not
+    switched off with ``$DYHEAD_FUSED_INFERENCE=0``."""
+    return not module.training and not torch.is_grad_enabled() and os.environ.get(ENV_VAR, "1") != "0"
 
 
 def fold_frozen_batchnorm(weight: Tensor, bias: Tensor | None, norm_weight: Tensor, norm_bias: Tensor,
