@@ -9,7 +9,8 @@ through ``model(batch, sizes, targets)`` in train mode and ``sum(losses).backwar
 the seeded random checkpoint in the official layout (``tests/make_checkpoint.py``) and each
 variant's official training settings (Swin-T drop path 0.2). No optimizer step. For every
 variant the backends run in turn, round after round: one warm-up round that also measures
-peak memory, then ``--repeats`` timed rounds; each figure is the median, and the speedup is
+peak memory, then ``--repeats`` timed rounds; each figure is the median (with ``--repeats 0``,
+the warm-up round's time: torchvision's CPU backward takes minutes a step), and the speedup is
 torchvision's median over the other backend's from the same run. ``auto`` is the backend a
 training forward picks (``dyhead_zoo.ops.deform_conv.training_backend``). Writes
 ``train_step-<device>.json`` and ``.md`` under ``--out`` (``--append`` keeps the other
@@ -56,11 +57,16 @@ def bench(model: dyhead_zoo.DyHeadDetector, batch: torch.Tensor, sizes: list, ta
         return float(total.detach())
 
     results: dict[str, dict] = {}
-    for name in backends:  # warm-up round, with the memory reading
+    for name in backends:  # warm-up round, with the memory reading; timed too (the figure when repeats=0)
         with dcn_backend(backend_name(name, device)):
             with PeakMemory(device) as peak:
+                sync(device)
+                start = time.perf_counter()
                 loss = step()
-        results[name] = {"backend": backend_name(name, device), "peak_mib": peak.mib, "loss": loss, "all_s": []}
+                sync(device)
+                warmup_s = time.perf_counter() - start
+        results[name] = {"backend": backend_name(name, device), "peak_mib": peak.mib, "loss": loss,
+                         "warmup_s": warmup_s, "all_s": [] if repeats else [warmup_s]}
     for _ in range(repeats):
         for name in backends:
             with dcn_backend(backend_name(name, device)):
@@ -85,7 +91,8 @@ def markdown(record: dict) -> str:
     height, width = record.get("size", (800, 1333))
     lines = [f"Training step (forward + backward, no optimizer step) at batch {record['batch']}, {height}x{width}, "
              f"{env['device']}" + (f" ({env['gpu']})" if "gpu" in env else "") + f", {env['threads']} threads, "
-             f"median of {record['repeats']} after warm-up (torch {env['torch']})"
+             + (f"median of {record['repeats']} after warm-up" if record["repeats"] else "one round (the warm-up)")
+             + f" (torch {env['torch']})"
              + (", gradient checkpointing on" if record["gradient_checkpointing"] else ""), ""]
     head = ["variant"] + [f"{b} s" for b in backends] + [f"{b} speedup" for b in after]
     head += [f"peak MiB {b}" for b in backends]
