@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -63,26 +62,28 @@ def fetch_imagenet_weights(backbone: str, progress: bool = True) -> Path:
     """Local path of ``backbone``'s ImageNet weights, downloaded once if absent.
 
     Tries the Hub mirror (Hugging Face cache) when there is one, then the original URL into
-    ``torch.hub.get_dir()/checkpoints``. Raises :class:`dyhead_zoo.weights.WeightsDownloadError`
-    saying where to put a file downloaded by hand.
+    ``torch.hub.get_dir()/checkpoints``, each host probed first (so no network fails at once).
+    Raises :class:`dyhead_zoo.weights.WeightsDownloadError` saying where to put a file
+    downloaded by hand.
     """
-    from .weights import WeightsDownloadError, download_url
+    from .config import WeightSource
+    from .weights import WeightsDownloadError, fetch_source, url_cache_path
 
     source = imagenet_weights(backbone)
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(source.url).path)
+    target = url_cache_path(source.url)
     if target.is_file():
         return target
     hub_failure = ""
+    probes: dict[str, str] = {}
     if source.hf_repo:
-        from huggingface_hub import hf_hub_download
-
         try:
-            return Path(hf_hub_download(source.hf_repo, source.hf_filename))
-        except Exception as err:  # noqa: BLE001 - offline, missing entry and HTTP errors all mean "try the URL"
-            hub_failure = f"{source.hf_repo}/{source.hf_filename}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            return fetch_source(WeightSource("mirror", repo=source.hf_repo, filename=source.hf_filename), progress,
+                                probes)
+        except WeightsDownloadError as err:
+            hub_failure = f"{source.hf_repo}/{source.hf_filename}: {err.reason}"
             logger.info("no ImageNet weights from the Hub (%s); trying %s", hub_failure, source.url)
     try:
-        return download_url(source.url, target, source.sha256, progress)
+        return fetch_source(WeightSource("official", url=source.url, sha256=source.sha256), progress, probes)
     except WeightsDownloadError as err:
         raise WeightsDownloadError(
             f"could not get the ImageNet weights of the {backbone} backbone ({source.description}): "

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 import dyhead_zoo
 from dyhead_zoo import imagenet_backbones
 from dyhead_zoo.checkpoint import UnsafeCheckpointError
-from dyhead_zoo.imagenet_backbones import bottom_up_of, load_imagenet_backbone
+from dyhead_zoo.imagenet_backbones import ImageNetWeights, bottom_up_of, fetch_imagenet_weights, load_imagenet_backbone
+from dyhead_zoo.weights import WeightsDownloadError
+from hub_testing import loopback, offline_caches  # noqa: F401 (fixtures)
 
 
 def msra_resnet50_blobs(seed: int = 0) -> dict[str, np.ndarray]:
@@ -199,3 +201,37 @@ def test_converter_command_writes_our_keys_that_load_back(tmp_path, r50_model):
     torch.testing.assert_close(bottom_up_of(r50_model).res5[2].conv3.weight,
                                torch.from_numpy(msra_resnet50_blobs(2)["res5_2_branch2c_w"]), rtol=0, atol=0)
     assert command.main(["resnet50", "--input", str(tmp_path / "absent.pkl"), "--out", str(out)]) == 1
+
+
+def test_imagenet_weights_come_from_the_url_into_the_torch_hub_cache(offline_caches, loopback, monkeypatch):
+    loopback.files["R-50.pkl"] = b"imagenet weights"
+    source = ImageNetWeights("resnet50", "a test file", loopback.url("ok", "R-50.pkl"),
+                             hf_repo="nobody/missing", hf_filename="model.safetensors")
+    monkeypatch.setitem(imagenet_backbones.IMAGENET_WEIGHTS, "resnet50", source)
+    path = fetch_imagenet_weights("resnet50", progress=False)  # the Hub is offline: the URL is next
+    assert path == offline_caches.checkpoints / "R-50.pkl" and path.read_bytes() == b"imagenet weights"
+    loopback.files.clear()
+    assert fetch_imagenet_weights("resnet50", progress=False) == path  # cached: no request
+
+
+def test_imagenet_weights_without_network_fail_at_once_naming_the_file_to_save(offline_caches, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    from huggingface_hub import constants
+
+    # Network "on" but nothing answers: the Hub endpoint and the URL both point at the closed port.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    source = ImageNetWeights("swin_t", "a test file", f"http://127.0.0.1:{port}/swin.pth",
+                             hf_repo="timm/missing", hf_filename="model.safetensors")
+    monkeypatch.setitem(imagenet_backbones.IMAGENET_WEIGHTS, "swin_t", source)
+    start = time.perf_counter()
+    with pytest.raises(WeightsDownloadError, match="no network") as err:
+        fetch_imagenet_weights("swin_t", progress=False)
+    assert time.perf_counter() - start < 5  # no retries against an unreachable host
+    assert str(offline_caches.checkpoints / "swin.pth") in str(err.value)
