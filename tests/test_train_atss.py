@@ -80,12 +80,14 @@ def _above_block0_input(name: str) -> bool:
                                  "backbone.dyhead_tower.0.AttnConv."))
 
 
-@full_steps
 @pytest.mark.parametrize("backend", TRAINING_BACKENDS)
 def test_full_step_matches_official_down_to_dyhead_block0(reference_model, backend):
     """Every loss within 1e-4 relative; the gradients of the head and the DyHead tower (less
     block 0's offset and AttnConv): norms within 1e-3 (above 1e-6 of the largest), the recorded
-    full gradients allclose at rtol 1e-3; float32, each training DCN backend."""
+    full gradients allclose at rtol 1e-3; float32, each training DCN backend. The default
+    training backend runs in the default suite (about 25 s per variant); the others are opt-in."""
+    if backend != dc.training_backend("cpu") and not os.environ.get(FULL_STEP_ENV):
+        pytest.skip(f"the {backend} DCN's CPU backward takes minutes a step; set {FULL_STEP_ENV}=1 to run it")
     case, losses, grads = _step(reference_model, backend)
     report = compare_to_reference(case, losses, grads, parameters=_above_block0_input)
     print(f"{case.variant} {backend} (head + tower): worst relative differences {report.summary()}")
