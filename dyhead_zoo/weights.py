@@ -126,10 +126,13 @@ def download_url(url: str, target: str | os.PathLike, sha256: str = "", progress
 def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     """Try one TCP connection to ``url``'s host (or to the proxy configured for it).
 
-    Returns "" when it opens within ``timeout`` seconds, else the reason, e.g.
+    Returns "" when it opens within ``timeout`` seconds (or the URL is not http/https), else
+    the reason, e.g.
     ``cannot connect to huggingface.co:443 ([Errno -3] Temporary failure in name resolution)``.
     """
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):  # file:// and the like: no host to reach
+        return ""
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
