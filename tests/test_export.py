@@ -6,9 +6,7 @@ ops, and export time grows with them); everything else is the variant as publish
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import re
 
 import numpy as np
@@ -42,20 +40,6 @@ def small_model(name: str) -> dyhead_zoo.DyHeadDetector:
     return model.eval()
 
 
-@contextlib.contextmanager
-def plain_inference_path():
-    """Switch off the fused CPU inference path (folded, fused convs) inside the block."""
-    previous = os.environ.get(fused_conv.ENV_VAR)
-    os.environ[fused_conv.ENV_VAR] = "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(fused_conv.ENV_VAR)
-        else:
-            os.environ[fused_conv.ENV_VAR] = previous
-
-
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A real photo already at the test size, so boxes are compared in the network's own pixels."""
@@ -79,7 +63,8 @@ class Exported:
         # The eager reference uses the reference DCN backend, the op both exports contain (the
         # fast CPU backend agrees with it to ~1e-5, which a two-stage detector can amplify).
         # The plain (unfused) eager path: the arithmetic the exported graphs contain.
-        with torchvision_deform_conv(), plain_inference_path(), torch.no_grad():
+        with torchvision_deform_conv(), pytest.MonkeyPatch.context() as patch, torch.no_grad():
+            patch.setenv(fused_conv.ENV_VAR, "0")
             self.eager_detections = self.model.predict(photo)
             self.eager_outputs = [t.float() for t in ExportableNetwork(self.model)(*inputs)]
         self.program = export_program(self.model, *self.padded_hw)
