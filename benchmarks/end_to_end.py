@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.ops import box_iou
 
 import dyhead_zoo
+from dyhead_zoo.evaluation.agreement import match_one_to_one
 from dyhead_zoo.ops import deform_conv as dc
 from dyhead_zoo.data.preprocess import normalize_and_pad, to_model_tensor
 
@@ -91,17 +91,10 @@ def compare(dets: list, ref: list, iou: float, score_tol: float) -> dict:
     score_diff = 0.0
     for a, b in zip(dets, ref):
         total += len(b)
-        if not len(a) or not len(b):
-            continue
-        ok = ((a.labels[:, None] == b.labels[None]) & (box_iou(a.boxes.float(), b.boxes.float()) > iou)
-              & ((a.scores[:, None].float() - b.scores[None].float()).abs() <= score_tol))
-        used: set[int] = set()
-        for i, row in enumerate(ok):
-            j = next((j for j in row.nonzero().flatten().tolist() if j not in used), None)
-            if j is not None:
-                used.add(j)
-                score_diff = max(score_diff, abs(a.scores[i].item() - b.scores[j].item()))
-        matched += len(used)
+        pairs = match_one_to_one(a.boxes, a.scores, a.labels, b.boxes, b.scores, b.labels, iou=iou,
+                                 score_tol=score_tol)
+        matched += len(pairs)
+        score_diff = max([score_diff] + [abs(a.scores[i].item() - b.scores[j].item()) for i, j in pairs])
     return {"matched": matched, "reference": total, "iou": iou, "score_tol": score_tol,
             "max_score_diff": score_diff}
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import dyhead_zoo
+from dyhead_zoo.evaluation.agreement import match_one_to_one
 from dyhead_zoo.export import ExportableNetwork, export_onnx, output_names, postprocess, torchvision_deform_conv
 from dyhead_zoo.export.postprocess import prepare_batch
 from dyhead_zoo.ops.deform_conv import resolve_backend
@@ -38,19 +39,6 @@ def _median_seconds(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _matched(det: dyhead_zoo.Detections, ref: dyhead_zoo.Detections) -> int:
-    from torchvision.ops import box_iou
-
-    ok = ((det.labels[:, None] == ref.labels[None]) & (box_iou(det.boxes, ref.boxes) > 0.999)
-          & ((det.scores[:, None] - ref.scores[None]).abs() < 1e-4))
-    used: set[int] = set()
-    for row in ok:
-        free = [j for j in row.nonzero().flatten().tolist() if j not in used]
-        if free:
-            used.add(free[0])
-    return len(used)
 
 
 def measure(name: str, repeats: int, threads: int, folder: Path) -> dict:
@@ -97,7 +85,8 @@ def measure(name: str, repeats: int, threads: int, folder: Path) -> dict:
             "eager_s": eager_s, "onnxruntime_s": onnx_s, "speedup": eager_s / onnx_s, "export_s": export_s,
             "onnx_mib": path.stat().st_size / 2**20,
             "max_rel_diff": max(differences.values()) if differences else None,
-            "detections": len(reference_det), "matched": _matched(det, reference_det)}
+            "detections": len(reference_det), "matched": len(match_one_to_one(det.boxes, det.scores, det.labels, reference_det.boxes,
+                                                       reference_det.scores, reference_det.labels))}
 
 
 def markdown(rows: list[dict], header: str) -> str:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.ops import box_iou
 
 import dyhead_zoo
+from dyhead_zoo.evaluation.agreement import match_one_to_one
 from dyhead_zoo.models import fused_conv
 from conftest import load_case, official_state_dict, parity_cases
 from dyhead_zoo.export import (ExportableNetwork, export_onnx, export_program, output_names, postprocess,
@@ -126,18 +126,10 @@ def check_raw(outputs, exported: Exported) -> None:
 
 
 def match_detections(det: dyhead_zoo.Detections, ref: dyhead_zoo.Detections) -> int:
-    """The parity criterion (same label, IoU > 0.999, score within 1e-4, one to one), where for
-    boxes under a pixel thick, whose IoU float noise alone moves by 1e-3, corners within 0.01 px
-    also count as the same box."""
-    same_box = (box_iou(det.boxes, ref.boxes) > 0.999) | (
-        (det.boxes[:, None] - ref.boxes[None]).abs().amax(-1) < 0.01)
-    ok = (det.labels[:, None] == ref.labels[None]) & same_box & ((det.scores[:, None] - ref.scores[None]).abs() < 1e-4)
-    used: set[int] = set()
-    for row in ok:
-        free = [j for j in row.nonzero().flatten().tolist() if j not in used]
-        if free:
-            used.add(free[0])
-    return len(used)
+    """The parity criterion, where for boxes under a pixel thick, whose IoU float noise alone
+    moves by 1e-3, corners within 0.01 px also count as the same box."""
+    return len(match_one_to_one(det.boxes, det.scores, det.labels, ref.boxes, ref.scores, ref.labels,
+                                corner_tol=0.01))
 
 
 def check_detections(detections: dyhead_zoo.Detections, exported: Exported) -> None:

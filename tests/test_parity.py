@@ -3,23 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import box_iou
-
 from conftest import load_case, parity_cases, random_model
-
-
-def match_one_to_one(boxes, scores, labels, ref_boxes, ref_scores, ref_labels) -> int:
-    """Number of reference detections matched one-to-one (same label, IoU > 0.999, |ds| < 1e-4)."""
-    ok = ((labels[:, None] == ref_labels[None]) & (box_iou(boxes, ref_boxes) > 0.999)
-          & ((scores[:, None] - ref_scores[None]).abs() < 1e-4))
-    used: set[int] = set()
-    matched = 0
-    for row in ok:
-        candidates = [j for j in row.nonzero().flatten().tolist() if j not in used]
-        if candidates:
-            used.add(candidates[0])
-            matched += 1
-    return matched
+from dyhead_zoo.evaluation.agreement import match_one_to_one
 
 
 @pytest.mark.parametrize("name,path", parity_cases(), ids=lambda v: getattr(v, "stem", v))
@@ -31,5 +16,6 @@ def test_matches_official_detections(name, path):
     ref_scores = torch.from_numpy(case["scores"])[:100]
     ref_labels = torch.from_numpy(case["classes"])[:100]
     assert len(det) == len(ref_scores)
-    assert match_one_to_one(det.boxes, det.scores, det.labels, ref_boxes, ref_scores, ref_labels) == len(ref_scores)
+    pairs = match_one_to_one(det.boxes, det.scores, det.labels, ref_boxes, ref_scores, ref_labels)
+    assert len(pairs) == len(ref_scores)  # same label, IoU > 0.999, scores within 1e-4, one to one
     assert det.label_names == [model.class_names[i] for i in det.labels.tolist()]
