@@ -1,7 +1,8 @@
 """CPU speed per variant: the default path against the torchvision-DCN path, same run, per stage.
 
     python -m benchmarks.cpu_speed [--models NAME ...] [--threads 1 2] [--repeats 3]
-                                   [--size 800 1333] [--bf16] [--clock wall|cpu] [--out benchmarks/results]
+                                   [--size 800 1333] [--bf16] [--dense-floor] [--clock wall|cpu]
+                                   [--out benchmarks/results]
 
 One photograph (the coffee photo of the parity tests, stretched to ``--size``) through
 ``model(batch, sizes)`` at batch 1 in float32, with the seeded random checkpoint in the official
@@ -17,7 +18,12 @@ medians over ``--repeats`` rounds):
 * ``torchvision-unfused``: ``DYHEAD_DCN_BACKEND=torchvision`` and ``DYHEAD_FUSED_INFERENCE=0``,
   the path as it was before the fusions (the official pipeline's speed);
 * ``default-unfused``: the automatic DCN backend with ``DYHEAD_FUSED_INFERENCE=0`` (what the
-  fusions gain; the post-processing is the new one in every path).
+  fusions gain; the post-processing is the new one in every path);
+* ``dense-floor`` (``--dense-floor``): every deformable conv replaced by the dense 3x3 conv of
+  the same weights and shapes. Not a detector: a DCN does that conv's matrix product plus the
+  sampling, so this is the time the default path would take with a DCN as fast as a dense conv
+  and every other stage as it is; ``dense-floor / torchvision`` is the lowest ratio that
+  speeding up the DCN alone can reach.
 
 The ratio is ``default`` over each reference, per variant and thread count, with the time
 per stage (backbone, FPN, DyHead tower, head, post-processing: forward hooks as in
@@ -59,7 +65,29 @@ PATHS = {
     "torchvision-unfused": ("torchvision", False, None),
     "default-unfused": ("auto", False, None),
     "default-bf16": ("auto", True, torch.bfloat16),
+    "dense-floor": ("auto", True, None),
 }
+
+
+@contextlib.contextmanager
+def dense_instead_of_deformable(enabled: bool):
+    """While enabled, the DyHead blocks run a dense 3x3 conv (same weight, bias, stride,
+    padding) wherever they would run a modulated deformable conv."""
+    if not enabled:
+        yield
+        return
+    import torch.nn.functional as F
+    from dyhead_zoo.models import dyhead
+
+    def dense(x, offset, mask, weight, bias, stride, padding):
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    saved = dyhead.modulated_deform_conv2d
+    dyhead.modulated_deform_conv2d = dense
+    try:
+        yield
+    finally:
+        dyhead.modulated_deform_conv2d = saved
 
 
 @contextlib.contextmanager
@@ -147,7 +175,8 @@ def bench_variant(name: str, paths: list[str], repeats: int, size: tuple[int, in
             for path in paths:
                 backend, fused, dtype = PATHS[path]
                 autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-                with environ(**{dc.ENV_VAR: backend, fused_conv.ENV_VAR: "1" if fused else "0"}), autocast:
+                with (environ(**{dc.ENV_VAR: backend, fused_conv.ENV_VAR: "1" if fused else "0"}), autocast,
+                      dense_instead_of_deformable(path == "dense-floor")):
                     timer.spent.clear()
                     start = timer.clock()
                     detections = model(batch, sizes)
@@ -184,13 +213,16 @@ def markdown(record: dict) -> str:
              f"{record['repeats']} alternating rounds after a warm-up (torch {env['torch']}, {env['machine']}); "
              f"default DCN backend: {record['auto_backend']}", ""]
     head = ["threads", "variant"] + [f"{p} s" for p in paths] + [f"default / {p}" for p in refs]
-    head += [f"{p} detections matching default's*" for p in refs]
+    floor = ["dense-floor / torchvision"] if "dense-floor" in paths else []
+    head += floor + [f"{p} detections matching default's*" for p in refs]
     lines += ["| " + " | ".join(head) + " |", "|---:|---|" + "---:|" * (len(head) - 2)]
     for row in record["rows"]:
         r = row["result"]
         cells = [str(row["threads"]), row["variant"]]
         cells += [f"{r['paths'][p]['median_s']['total']:.2f}" for p in paths]
         cells += [f"**{r[f'default_vs_{p}']:.2f}x**" for p in refs]
+        if floor:
+            cells.append(f"{r['paths']['dense-floor']['median_s']['total'] / r['paths']['torchvision']['median_s']['total']:.2f}x")
         cells += [f"{r['paths'][p]['detections_vs_default']['matched']}/"
                   f"{r['paths'][p]['detections_vs_default']['reference']}" for p in refs]
         lines.append("| " + " | ".join(cells) + " |")
@@ -219,10 +251,11 @@ def markdown(record: dict) -> str:
 
 
 def run(models: list[str], threads: list[int], repeats: int, size: tuple[int, int], bf16: bool, unfused: bool,
-        out: Path, clock: str = "wall") -> dict:
+        out: Path, clock: str = "wall", dense_floor: bool = False) -> dict:
     """Run the benchmark, write ``cpu_speed.json`` / ``.md`` under ``out``, return the record."""
     paths = ["default", "torchvision"] + (["torchvision-unfused", "default-unfused"] if unfused else [])
     paths += ["default-bf16"] if bf16 else []
+    paths += ["dense-floor"] if dense_floor else []
     with environ(**{dc.ENV_VAR: "auto"}):
         auto = dc.resolve_backend(None, "cpu")
     record = {"environment": environment(torch.device("cpu"), threads), "repeats": repeats, "size": list(size),
@@ -254,12 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast and its agreement")
     parser.add_argument("--no-unfused", dest="unfused", action="store_false",
                         help="skip the torchvision and default paths with the fusions off")
+    parser.add_argument("--dense-floor", action="store_true",
+                        help="also time the default path with every DCN replaced by a dense conv (a lower bound)")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
                         help="wall clock (default) or the process's CPU time (steadier on a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for cpu_speed.json / .md")
     args = parser.parse_args(argv)
     record = run(args.models, args.threads, args.repeats, tuple(args.size), args.bf16, args.unfused, args.out,
-                 args.clock)
+                 args.clock, args.dense_floor)
     print(markdown(record), end="")
 
 
