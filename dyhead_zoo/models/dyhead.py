@@ -62,9 +62,7 @@ class DyReLU(nn.Module):
         a1, b1, a2, b2 = torch.split(y, self.channels, dim=1)
         a1 = (a1 - 0.5) * 2.0 + 1.0
         a2 = (a2 - 0.5) * 2.0
-        # max(x*a1 + b1 - 0.5, x*a2 + b2 - 0.5) in three passes over x.
-        first = torch.addcmul(b1 - 0.5, x, a1)
-        return torch.maximum(first, torch.addcmul(b2 - 0.5, x, a2))
+        return torch.max(x * a1 + (b1 - 0.5), x * a2 + (b2 - 0.5))
 
 
 class DyConv(nn.Module):
@@ -101,12 +99,9 @@ class DyConv(nn.Module):
             if level < len(names) - 1:
                 coarse = self.DyConv[0](features[names[level + 1]], offset, mask)
                 terms.append(F.interpolate(coarse, size=feature.shape[-2:], mode="bilinear", align_corners=True))
-            # mean(stack(terms) * attention, 0), accumulated without stacking the maps.
-            weighted = None
-            for term in terms:
-                attention = h_sigmoid(self.AttnConv(term))
-                weighted = term * attention if weighted is None else weighted.addcmul_(term, attention)
-            outputs[name] = self.relu(weighted.div_(len(terms)))
+            stacked = torch.stack(terms)
+            attention = h_sigmoid(torch.stack([self.AttnConv(t) for t in terms]))
+            outputs[name] = self.relu(torch.mean(stacked * attention, dim=0))
         return outputs
 
 
