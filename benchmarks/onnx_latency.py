@@ -85,8 +85,9 @@ def measure(name: str, repeats: int, threads: int, folder: Path) -> dict:
             "eager_s": eager_s, "onnxruntime_s": onnx_s, "speedup": eager_s / onnx_s, "export_s": export_s,
             "onnx_mib": path.stat().st_size / 2**20,
             "max_rel_diff": max(differences.values()) if differences else None,
-            "detections": len(reference_det), "matched": len(match_one_to_one(det.boxes, det.scores, det.labels, reference_det.boxes,
-                                                       reference_det.scores, reference_det.labels))}
+            "detections": len(reference_det),
+            "matched": len(match_one_to_one(det.boxes, det.scores, det.labels, reference_det.boxes,
+                                            reference_det.scores, reference_det.labels))}
 
 
 def markdown(rows: list[dict], header: str) -> str:
