@@ -69,11 +69,11 @@ def build_start_model(settings: FinetuneSettings, class_names: tuple[str, ...]) 
     official_init(model)
     if settings.start == "random":
         return model, "official initialisation, no pretrained weights"
-    from dyhead_zoo.checkpoint import read_state_dict
-    from dyhead_zoo.data.categories import COCO_CLASS_NAMES
+    from dyhead_zoo.weights.checkpoint import read_state_dict
+    from dyhead_zoo.categories import COCO_CLASS_NAMES
 
     if settings.start == "pretrained":
-        from dyhead_zoo.weights import download_weights
+        from dyhead_zoo.weights.fetch import download_weights
 
         path, names = download_weights(base), COCO_CLASS_NAMES
     else:

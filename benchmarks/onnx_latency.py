@@ -6,7 +6,7 @@ Each variant (seeded random checkpoint in the official layout, a real photo stre
 800x1333) is exported to ONNX (opset 19, standard DeformConv) and timed end to end, from the
 normalised padded batch to the final detections: eager PyTorch with its best CPU deformable
 conv backend (the automatic choice) and onnxruntime's CPUExecutionProvider followed by
-``dyhead_zoo.export.postprocess``. Both use ``--threads`` threads. Also reported: the largest
+``dyhead_zoo.export.decode``. Both use ``--threads`` threads. Also reported: the largest
 relative difference of the raw outputs (ONNX vs the eager network with the reference DCN) and
 whether the detections agree (parity criterion). Results: ``onnx_latency.json`` and ``.md``.
 """
@@ -24,8 +24,9 @@ import torch
 
 import dyhead_zoo
 from dyhead_zoo.evaluation.agreement import match_one_to_one
-from dyhead_zoo.export import ExportableNetwork, export_onnx, output_names, postprocess, torchvision_deform_conv
-from dyhead_zoo.export.postprocess import prepare_batch
+from dyhead_zoo.export import ExportableNetwork, export_onnx, output_names, torchvision_deform_conv
+from dyhead_zoo.export import decode as postprocess
+from dyhead_zoo.export.decode import prepare_batch
 from dyhead_zoo.ops.deform_conv import resolve_backend
 
 from .end_to_end import photo, seeded_checkpoint

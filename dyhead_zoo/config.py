@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .data.categories import COCO_CLASS_NAMES
+from dyhead_zoo.categories import COCO_CLASS_NAMES
 
 MetaArchitecture = Literal["ATSS", "RetinaNet", "GeneralizedRCNN"]
 
@@ -236,7 +236,7 @@ _SECTIONS = {
 
 
 def from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Build a :class:`ModelConfig` from a nested dict (a parsed ``configs/*.toml`` or config.json)."""
+    """Build a :class:`ModelConfig` from a nested dict (a parsed ``dyhead_zoo/configs/*.toml`` or config.json)."""
     data = dict(data)
     for key, cls in _SECTIONS.items():
         if data.get(key) is not None:

@@ -5,8 +5,8 @@ import colorsys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.images import ImageInput, load_image
-from .models.detections import Detections, select
+from dyhead_zoo.data.images import ImageInput, load_image
+from dyhead_zoo.models.detections import Detections, select
 
 
 def class_colour(label: int) -> tuple[int, int, int]:

@@ -2,7 +2,7 @@
 
 Subclass :class:`DyHeadZooError` (together with the built-in type a caller would expect, such
 as ``ValueError`` or ``OSError``) for any error whose message tells the user what to do: the
-command-line edge (``dyhead_zoo.cli.main``) prints ``dyhead-zoo: error: <message>`` for it
+command-line edge (``dyhead_zoo.cli.main.main``) prints ``dyhead-zoo: error: <message>`` for it
 and exits non-zero, without a traceback unless ``--debug`` is given.
 """
 from __future__ import annotations

@@ -1,22 +1,17 @@
-"""The zoo: variant names, their configs (from ``configs/*.toml``) and ``create_model``."""
+"""The zoo: variant names, their configs (from ``dyhead_zoo/configs/*.toml``) and ``create_model``."""
 from __future__ import annotations
 
 import functools
 import os
 import tomllib
 from importlib import resources
-from pathlib import Path
 
-from .config import ModelConfig, from_dict
-
-_REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
+from dyhead_zoo.config import ModelConfig, from_dict
 
 def _config_files() -> dict[str, str]:
-    if _REPO_CONFIGS.is_dir():  # a source checkout (editable install, torch.hub "local")
-        return {p.stem: p.read_text() for p in sorted(_REPO_CONFIGS.glob("*.toml"))}
-    package = resources.files("dyhead_zoo.configs")  # a wheel: configs/ ships as package data
-    return {p.name[:-5]: p.read_text() for p in package.iterdir() if p.name.endswith(".toml")}
+    package = resources.files("dyhead_zoo.configs")  # package data, in a checkout and in a wheel alike
+    return {p.name[:-5]: p.read_text() for p in sorted(package.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".toml")}
 
 
 @functools.cache
@@ -27,7 +22,7 @@ def _configs() -> dict[str, ModelConfig]:
         record.pop("train", None)  # the training recipe: dyhead_zoo.engine.recipe reads it
         config = from_dict(record)
         if config.name != stem:
-            raise ValueError(f"configs/{stem}.toml declares name {config.name!r}; they must agree")
+            raise ValueError(f"dyhead_zoo/configs/{stem}.toml declares name {config.name!r}; they must agree")
         configs[stem] = config
     return configs
 
@@ -53,24 +48,24 @@ def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike
     ``weights``: a local checkpoint (official ``.pth`` or ``.safetensors``, or a folder with
     ``model.safetensors`` + ``config.json`` whose classes are used) loaded strictly;
     ``pretrained=True`` fetches the published weights instead (each source of the variant's
-    record in order, checked strictly before use; see :func:`dyhead_zoo.weights.fetch_weights`);
+    record in order, checked strictly before use; see :func:`dyhead_zoo.weights.fetch.fetch_weights`);
     ``config`` overrides the variant's settings (build it with
     ``dataclasses.replace(get_config(name), ...)``). ``allow_unsafe_pickle=True`` reads a
     ``.pth`` that needs arbitrary unpickling (only for files you trust); ``allow_non_finite=True``
     loads weights holding NaN or Inf (refused by default).
     """
-    from .models.detector import DyHeadDetector
-    from .checkpoint import load_checkpoint
+    from dyhead_zoo.models.detector import DyHeadDetector
+    from dyhead_zoo.weights.checkpoint import load_checkpoint
 
     if weights is not None and os.path.isdir(weights):  # a from_pretrained folder: it names its classes
-        from .hub import folder_config
+        from dyhead_zoo.weights.hub import folder_config
 
         config, weights = folder_config(weights, config or get_config(name))
     model = DyHeadDetector(config or get_config(name))
     if weights is not None:
         load_checkpoint(model, weights, allow_unsafe_pickle=allow_unsafe_pickle, allow_non_finite=allow_non_finite)
     elif pretrained:
-        from .weights import download_weights
+        from dyhead_zoo.weights.fetch import download_weights
 
         load_checkpoint(model, download_weights(model.config), allow_unsafe_pickle=allow_unsafe_pickle,
                         allow_non_finite=allow_non_finite)
@@ -92,8 +87,8 @@ def weight_sources(name: str) -> dict[str, object]:
     """
     import dataclasses
 
-    from .data.categories import COCO_CLASS_NAMES
-    from .weights import pth_cache_path
+    from dyhead_zoo.categories import COCO_CLASS_NAMES
+    from dyhead_zoo.weights.fetch import pth_cache_path
 
     config = get_config(name)
     return {"sources": [dataclasses.asdict(s) for s in config.weights.sources],

@@ -56,15 +56,15 @@ def head_losses(model: dyhead_zoo.DyHeadDetector, features: dict[str, Tensor], s
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """``DyHeadDetector.losses`` after the backbone, on precomputed ``features``."""
     if model.config.meta_architecture == "GeneralizedRCNN":
-        from dyhead_zoo.training.rcnn_losses import rcnn_losses
+        from dyhead_zoo.losses.rcnn_losses import rcnn_losses
 
         return rcnn_losses(model, features, sizes, targets)
     maps = [features[name] for name in model.levels]
     if model.config.meta_architecture == "ATSS":
-        from dyhead_zoo.training.atss_loss import atss_losses
+        from dyhead_zoo.losses.atss_loss import atss_losses
 
         return atss_losses(model.head, model.head(maps), model.anchor_generator(maps), sizes, targets)
-    from dyhead_zoo.training.retinanet_loss import retinanet_losses
+    from dyhead_zoo.losses.retinanet_loss import retinanet_losses
 
     return retinanet_losses(model.head, model.head(maps), model.anchor_generator(maps), sizes, targets)
 

@@ -20,7 +20,7 @@ import torch
 from conftest import official_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # converters/ and hubconf.py live at the repository root
+if str(REPO_ROOT) not in sys.path:  # dyhead_zoo/converters/ and hubconf.py live at the repository root
     sys.path.insert(0, str(REPO_ROOT))
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="dyhead-zoo-tests-"))

@@ -12,7 +12,7 @@ import torch
 
 import dyhead_zoo
 from conftest import official_state_dict
-from dyhead_zoo.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint, read_state_dict
+from dyhead_zoo.weights.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint, read_state_dict
 from hub_testing import assert_bit_identical, official_pth
 
 NAME = "dyhead_r50_atss_fpn_1x"

@@ -6,7 +6,7 @@ import torch
 
 import dyhead_zoo
 from conftest import official_state_dict
-from dyhead_zoo.checkpoint import CheckpointMismatchError
+from dyhead_zoo.weights.checkpoint import CheckpointMismatchError
 
 NAME = "dyhead_r50_atss_fpn_1x"
 

@@ -1,4 +1,4 @@
-"""converters/ (installed as dyhead_zoo.converters; `dyhead-zoo convert/upload/pin-hashes`):
+"""dyhead_zoo/converters/ (installed as dyhead_zoo.converters; `dyhead-zoo convert/upload/pin-hashes`):
 official .pth -> Hub folder -> model, bit for bit; provenance (issue 9 item 3); the upload
 command; the ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` mixin, loading strictly."""
 from __future__ import annotations
@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 
 import dyhead_zoo
 from conftest import official_state_dict
-from dyhead_zoo import cli, registry
+from dyhead_zoo import registry
+from dyhead_zoo.cli import main as cli
 from dyhead_zoo.converters import to_hub_folder, upload
 from dyhead_zoo import DyHeadDetector
-from dyhead_zoo.data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from dyhead_zoo.checkpoint import CheckpointMismatchError, file_sha256
-from dyhead_zoo.hub import config_from_json
+from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.weights.checkpoint import CheckpointMismatchError, file_sha256
+from dyhead_zoo.weights.hub import config_from_json
 from hub_testing import (MIRROR_FILES, MIRROR_REPO, REPO_ROOT, assert_bit_identical, bare_pth,  # noqa: F401
                          cache_hub_file, converted_folder, loopback, make_hf_cache, offline_caches, official_pth)
 

@@ -105,7 +105,7 @@ def test_forward_only_backend_named_for_training_raises(monkeypatch):
 
 
 def test_info_names_the_training_backend():
-    from dyhead_zoo.info import describe
+    from dyhead_zoo.cli.info import describe
 
     text = describe()
     assert f"dcn training backend {dc.training_backend('cpu')}" in text

@@ -208,7 +208,7 @@ def test_a_backend_failing_its_self_check_is_skipped(monkeypatch):
 
 def test_info_names_versions_device_and_backend(monkeypatch):
     monkeypatch.delenv(dc.ENV_VAR, raising=False)
-    from dyhead_zoo.info import describe
+    from dyhead_zoo.cli.info import describe
 
     text = describe()
     assert torch.__version__ in text and "torchvision" in text and "timm" in text and "dyhead_zoo" in text

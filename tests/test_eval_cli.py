@@ -14,8 +14,8 @@ import torch
 
 import dyhead_zoo
 from conftest import official_state_dict, random_model
-from dyhead_zoo import cli
-from dyhead_zoo.data.categories import COCO_CATEGORY_IDS
+from dyhead_zoo.cli import main as cli
+from dyhead_zoo.categories import COCO_CATEGORY_IDS
 from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES
 from dyhead_zoo.evaluation.evaluate import read_detections
 from test_eval_data import SIZES, TEST_INPUT, write_coco
@@ -86,17 +86,17 @@ def test_reproduce_writes_the_table(setup, tmp_path, capsys):
 
 
 def test_info_prints_versions_and_backend(capsys, monkeypatch):
-    assert cli.main(["info"]) == 0  # dyhead_zoo.info's account where that module exists
+    assert cli.main(["info"]) == 0  # dyhead_zoo.cli.info's account where that module exists
     out = capsys.readouterr().out
     for word in ("python", "torch", "torchvision", "timm", "dyhead_zoo", "cuda", "dcn backend"):
         assert word in out
-    monkeypatch.setitem(sys.modules, "dyhead_zoo.info", None)  # as if there were no dyhead_zoo.info
+    monkeypatch.setitem(sys.modules, "dyhead_zoo.cli.info", None)  # as if there were no dyhead_zoo.cli.info
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     for word in ("python", "torch", "torchvision", "timm", f"dyhead_zoo  {dyhead_zoo.__version__}", "cuda",
                  "dcn backend "):
         assert word in out
-    monkeypatch.setitem(sys.modules, "dyhead_zoo.info", types.SimpleNamespace(describe=lambda: "richer info"))
+    monkeypatch.setitem(sys.modules, "dyhead_zoo.cli.info", types.SimpleNamespace(describe=lambda: "richer info"))
     assert cli.main(["info"]) == 0
     assert capsys.readouterr().out == "richer info\n"
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import dyhead_zoo
-from dyhead_zoo import cli
-from dyhead_zoo.data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.cli import main as cli
+from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from dyhead_zoo.data.coco_data import (CocoImage, batch_shape, category_mapping, check_image_files, coco_paths,
                                   load_coco, make_loader, shape_batches)
 from dyhead_zoo.config import InputConfig

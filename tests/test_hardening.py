@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import dyhead_zoo
 from conftest import load_case, official_state_dict, parity_cases, random_model
-from dyhead_zoo.checkpoint import UnsafeCheckpointError, conform_state_dict
+from dyhead_zoo.weights.checkpoint import UnsafeCheckpointError, conform_state_dict
 from dyhead_zoo.data.preprocess import normalize_and_pad, resized_shape
 from dyhead_zoo.errors import CheckpointError
 from hub_testing import REPO_ROOT

@@ -17,12 +17,12 @@ from PIL import Image
 
 import dyhead_zoo
 from conftest import official_state_dict, random_model
-from dyhead_zoo import cli
+from dyhead_zoo.cli import main as cli
 from dyhead_zoo.data.coco_data import load_coco
 from dyhead_zoo.errors import EvaluationLockedError
 from dyhead_zoo.evaluation import reproduce as reproduce_module
 from dyhead_zoo.evaluation.evaluate import EvalResult, evaluate, run_key, run_settings
-from dyhead_zoo.weights import WeightsDownloadError
+from dyhead_zoo.weights.fetch import WeightsDownloadError
 from test_eval_data import SIZES, TEST_INPUT, write_coco
 
 NAME = "dyhead_r50_atss_fpn_1x"
@@ -67,7 +67,7 @@ def test_metrics_are_kept_per_image_subset(model, tmp_path):
 # Item 6: reproduce resolves every variant's weights first and writes rows as they finish ------
 
 def test_reproduce_names_every_missing_weights_before_evaluating(tmp_path, monkeypatch):
-    import dyhead_zoo.weights
+    import dyhead_zoo.weights.fetch
 
     def offline(config, progress=True):
         raise WeightsDownloadError(f"could not get the weights of {config.name}", reason="offline")
@@ -75,7 +75,7 @@ def test_reproduce_names_every_missing_weights_before_evaluating(tmp_path, monke
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated before every variant's weights were there")
 
-    monkeypatch.setattr(dyhead_zoo.weights, "download_weights", offline)
+    monkeypatch.setattr(dyhead_zoo.weights.fetch, "download_weights", offline)
     monkeypatch.setattr(reproduce_module, "evaluate", no_evaluation)
     models = dyhead_zoo.list_models()
     local = {models[0]: str(tmp_path / "local.pth")}
@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line(case, coco, weights, tmp_path, monkeypatch, cap
     import PIL.Image
 
     import dyhead_zoo.registry
-    import dyhead_zoo.weights
+    import dyhead_zoo.weights.fetch
 
     output, expected = tmp_path / "out", ""
     argv = eval_argv(coco, weights, output)
@@ -150,7 +150,7 @@ def test_cli_errors_are_one_line(case, coco, weights, tmp_path, monkeypatch, cap
             raise WeightsDownloadError(f"could not get the weights of {config.name}:\n  - no network",
                                        reason="no network")
 
-        monkeypatch.setattr(dyhead_zoo.weights, "download_weights", offline)
+        monkeypatch.setattr(dyhead_zoo.weights.fetch, "download_weights", offline)
         argv = [a for a in argv if a not in ("--weights", str(weights))]
         expected = f"could not get the weights of {NAME}"
     elif case == "decompression_bomb":

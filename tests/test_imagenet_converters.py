@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import dyhead_zoo
-from dyhead_zoo import imagenet_backbones
-from dyhead_zoo.checkpoint import UnsafeCheckpointError
-from dyhead_zoo.imagenet_backbones import ImageNetWeights, bottom_up_of, fetch_imagenet_weights, load_imagenet_backbone
-from dyhead_zoo.weights import WeightsDownloadError
+from dyhead_zoo.weights import imagenet as imagenet_backbones
+from dyhead_zoo.weights.checkpoint import UnsafeCheckpointError
+from dyhead_zoo.weights.imagenet import ImageNetWeights, bottom_up_of, fetch_imagenet_weights, load_imagenet_backbone
+from dyhead_zoo.weights.fetch import WeightsDownloadError
 from hub_testing import loopback, offline_caches  # noqa: F401 (fixtures)
 
 

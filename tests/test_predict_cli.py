@@ -12,8 +12,8 @@ from PIL import Image
 import dyhead_zoo
 import dyhead_zoo.registry
 from conftest import load_case, parity_cases, random_model
-from dyhead_zoo import cli
-from dyhead_zoo.predict import find_images, sample_image
+from dyhead_zoo.cli import main as cli
+from dyhead_zoo.cli.predict_files import find_images, sample_image
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from dyhead_zoo.models.atss import ATSSHead
 from dyhead_zoo.models.resnet import FrozenBatchNorm2d
 from dyhead_zoo.models.swin import SwinTransformer
 from dyhead_zoo.ops import deform_conv as dc
-from dyhead_zoo.training.atss_assignment import atss_assign, pairwise_iou
-from dyhead_zoo.training.atss_loss import atss_losses
-from dyhead_zoo.training.focal_loss import sigmoid_focal_loss_elementwise
-from dyhead_zoo.training.giou_loss import giou_loss
+from dyhead_zoo.losses.atss_assignment import atss_assign, pairwise_iou
+from dyhead_zoo.losses.atss_loss import atss_losses
+from dyhead_zoo.losses.focal_loss import sigmoid_focal_loss_elementwise
+from dyhead_zoo.losses.giou_loss import giou_loss
 from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, backbone_features, compare_head_to_reference,
                              head_step)
 from train_reference import build_train_model, compare_to_reference, load_case, run_train_step

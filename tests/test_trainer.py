@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dyhead_zoo
-from dyhead_zoo.checkpoint import CheckpointMismatchError
+from dyhead_zoo.weights.checkpoint import CheckpointMismatchError
 from dyhead_zoo.engine.class_layers import load_for_classes
 from dyhead_zoo.engine.metrics import read_metrics
 from dyhead_zoo.engine.optimizer import build_optimizer, build_scheduler, parameter_groups
@@ -207,7 +207,7 @@ def test_evaluation_keeps_the_best_model_and_new_class_names(tiny_set, start_wei
     assert config["class_names"] == list(CLASS_NAMES) and "category_ids" not in config
 
     # `dyhead-zoo eval --weights OUTPUT/model_final` scores the fine-tuned classes against the file's ids.
-    from dyhead_zoo.cli import main
+    from dyhead_zoo.cli.main import main
 
     assert main(["eval", "--model", MODEL, "--images", str(images_dir), "--annotations", str(annotations),
                  "--weights", str(tmp_path / "run" / "model_final"), "--device", "cpu", "--workers", "0",
@@ -248,7 +248,7 @@ def test_fp16_with_gradient_scaler_on_cuda(tiny_set, start_weights, tmp_path):
 
 
 def _cli(*args: str) -> int:
-    from dyhead_zoo.cli import main
+    from dyhead_zoo.cli.main import main
 
     return main(["train", "--model", MODEL, *args])
 
@@ -287,8 +287,8 @@ def test_bad_inputs_fail_before_training(tiny_set, start_weights, tmp_path, caps
 
 
 def test_from_scratch_starts_from_the_imagenet_backbone(tmp_path, monkeypatch):
-    from dyhead_zoo import imagenet_backbones
-    from dyhead_zoo.engine.run import _start_weights
+    from dyhead_zoo.weights import imagenet as imagenet_backbones
+    from dyhead_zoo.engine.training import _start_weights
     from test_imagenet_converters import msra_resnet50_blobs, py2_pickle
 
     served = tmp_path / "server" / "R-50.pkl"

@@ -16,11 +16,12 @@ import torch
 
 import dyhead_zoo
 from conftest import official_state_dict
-from dyhead_zoo import cli, registry
-from dyhead_zoo.checkpoint import file_sha256, read_state_dict
+from dyhead_zoo import registry
+from dyhead_zoo.cli import main as cli
+from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
 from dyhead_zoo.config import ModelConfig
-from dyhead_zoo.download import cache_listing
-from dyhead_zoo.weights import WeightsDownloadError, fetch_weights
+from dyhead_zoo.weights.cache import cache_listing
+from dyhead_zoo.weights.fetch import WeightsDownloadError, fetch_weights
 from hub_testing import (MIRROR_FILES, MIRROR_REPO, assert_bit_identical, bare_pth, cache_hub_file,  # noqa: F401
                          converted_folder, loopback, offline_caches, official_pth)
 
@@ -93,7 +94,7 @@ def test_a_file_that_fails_the_check_is_reported_and_the_next_source_used(tmp_pa
     place("project", offline_caches, loopback, file=tmp_path / "model.safetensors")
     place("official", offline_caches, loopback)
     config = with_official_url(dyhead_zoo.get_config(NAME), loopback.url("ok", f"{NAME}.pth"))
-    with caplog.at_level(logging.WARNING, logger="dyhead_zoo.weights"):
+    with caplog.at_level(logging.WARNING, logger="dyhead_zoo.weights.fetch"):
         fetched = fetch_weights(config, progress=False)
     assert fetched.source.role == "official"
     (record,) = caplog.records

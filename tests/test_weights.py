@@ -16,9 +16,9 @@ import torch
 import dyhead_zoo
 from conftest import manifest, official_state_dict
 from dyhead_zoo.config import WeightSource
-from dyhead_zoo.data.categories import COCO_CLASS_NAMES
+from dyhead_zoo.categories import COCO_CLASS_NAMES
 from dyhead_zoo.registry import weight_sources
-from dyhead_zoo.weights import WeightsDownloadError, download_url, download_weights, pth_cache_path
+from dyhead_zoo.weights.fetch import WeightsDownloadError, download_url, download_weights, pth_cache_path
 from hub_testing import (REPO_ROOT, assert_bit_identical, converted_folder, loopback, make_hf_cache,  # noqa: F401
                          offline_caches, official_pth)
 

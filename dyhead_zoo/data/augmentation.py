@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import InputConfig
-from .preprocess import resize
+from dyhead_zoo.config import InputConfig
+from dyhead_zoo.data.preprocess import resize
 
 # detectron2's Boxes.nonempty threshold used by filter_empty_instances.
 EMPTY_BOX_THRESHOLD = 1e-5

@@ -21,10 +21,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .categories import COCO_CLASS_NAMES
-from ..config import InputConfig
-from .images import load_image, too_large_message
-from .preprocess import padded_shape, resize, resized_shape, to_channel_order
+from dyhead_zoo.categories import COCO_CLASS_NAMES
+from dyhead_zoo.config import InputConfig
+from dyhead_zoo.data.images import load_image, too_large_message
+from dyhead_zoo.data.preprocess import padded_shape, resize, resized_shape, to_channel_order
 
 
 @dataclass(frozen=True)

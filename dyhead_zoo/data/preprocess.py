@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..config import InputConfig
+from dyhead_zoo.config import InputConfig
 
 
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:

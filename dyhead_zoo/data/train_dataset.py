@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .coco_data import coco_format_error, read_instances
+from dyhead_zoo.data.coco_data import coco_format_error, read_instances
 
 logger = logging.getLogger(__name__)
 

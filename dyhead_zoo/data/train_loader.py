@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import InputConfig
-from .augmentation import TrainAugmentation, augment
-from .batch_sampler import AspectRatioBatchSampler, SampleKey, aspect_groups
-from .images import load_image
-from .preprocess import normalize_and_pad, to_channel_order
-from .train_dataset import TrainDataset
+from dyhead_zoo.config import InputConfig
+from dyhead_zoo.data.augmentation import TrainAugmentation, augment
+from dyhead_zoo.data.batch_sampler import AspectRatioBatchSampler, SampleKey, aspect_groups
+from dyhead_zoo.data.images import load_image
+from dyhead_zoo.data.preprocess import normalize_and_pad, to_channel_order
+from dyhead_zoo.data.train_dataset import TrainDataset
 
 TrainBatch = tuple[Tensor, list[tuple[int, int]], list[dict[str, Tensor]]]
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import check_state_dict
+from dyhead_zoo.weights.checkpoint import check_state_dict
 
 PRIOR_PROB = 0.01  # MODEL.ATSS.PRIOR_PROB / MODEL.RETINANET.PRIOR_PROB
 
@@ -51,7 +51,7 @@ def load_for_classes(model: nn.Module, state: Mapping[str, Tensor], source_class
 
     ``source_class_names`` are the checkpoint's classes (``None`` when unknown: then the
     layers are kept exactly when their shapes match). Every other key and shape must match
-    (:class:`~dyhead_zoo.checkpoint.CheckpointMismatchError` otherwise). Returns the names of
+    (:class:`~dyhead_zoo.weights.checkpoint.CheckpointMismatchError` otherwise). Returns the names of
     the re-initialised layers (empty when nothing was re-initialised).
     """
     layers = class_layers(model)

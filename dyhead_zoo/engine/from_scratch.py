@@ -1,7 +1,7 @@
 """``--from-scratch``: the official initialisation of every layer, then the ImageNet backbone.
 
 The official runs start the ResNet-50 / Swin-T body from ImageNet classifiers
-(:mod:`dyhead_zoo.imagenet_backbones`) and everything above it from these rules:
+(:mod:`dyhead_zoo.weights.imagenet`) and everything above it from these rules:
 detectron2's FPN and box head (``c2_xavier_fill``: Kaiming-uniform with a=1, bias 0);
 DynamicHead's DyConv (deformable convs uniform in +-1/sqrt(fan_in), bias 0; the spatial
 attention conv normal std 0.01, bias 0; the offset conv and DyReLU at PyTorch's defaults);
@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .class_layers import init_class_layers
+from dyhead_zoo.engine.class_layers import init_class_layers
 
 
 def _c2_xavier_fill(module: nn.Module) -> None:
@@ -34,7 +34,7 @@ def _normal(module: nn.Module, std: float) -> None:
 def official_init(model: nn.Module) -> None:
     """Initialise FPN, DyHead blocks and heads of ``model`` as the official code builds them
     (the backbone body is left as it is)."""
-    from ..models.dyhead import DyConv, ModulatedDeformConv
+    from dyhead_zoo.models.dyhead import DyConv, ModulatedDeformConv
 
     fpn = model.backbone.backbone
     for name, module in fpn.named_modules():
@@ -72,7 +72,7 @@ def official_init(model: nn.Module) -> None:
 def init_from_imagenet(model: nn.Module) -> str:
     """:func:`official_init`, then the ImageNet weights into the backbone body (downloaded
     once through the weights cache). Returns a line for the log."""
-    from ..imagenet_backbones import load_imagenet_backbone
+    from dyhead_zoo.weights.imagenet import load_imagenet_backbone
 
     official_init(model)
     path = load_imagenet_backbone(model)

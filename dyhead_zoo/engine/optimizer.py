@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .recipe import TrainRecipe
+from dyhead_zoo.engine.recipe import TrainRecipe
 
 _NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d)
 

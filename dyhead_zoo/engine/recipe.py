@@ -1,6 +1,6 @@
 """The official training recipe of each variant: solver, schedule and training-time input sizes.
 
-Read from the ``[train]`` section of ``configs/<variant>.toml`` (the resolved settings of
+Read from the ``[train]`` section of ``dyhead_zoo/configs/<variant>.toml`` (the resolved settings of
 microsoft/DynamicHead's ``train_net.py``); overrides go through ``dataclasses.replace``.
 """
 from __future__ import annotations
@@ -113,13 +113,13 @@ def recipe_from_dict(data: dict) -> TrainRecipe:
 
 @functools.cache
 def get_recipe(name: str) -> TrainRecipe:
-    """The official :class:`TrainRecipe` of variant ``name`` (its ``configs/<name>.toml``)."""
-    from ..registry import _config_files, get_config
+    """The official :class:`TrainRecipe` of variant ``name`` (its ``dyhead_zoo/configs/<name>.toml``)."""
+    from dyhead_zoo.registry import _config_files, get_config
 
     get_config(name)  # unknown names fail here, listing the known ones
     section = tomllib.loads(_config_files()[name]).get("train")
     if section is None:
-        raise ValueError(f"configs/{name}.toml has no [train] section: this variant has no training recipe")
+        raise ValueError(f"dyhead_zoo/configs/{name}.toml has no [train] section: this variant has no training recipe")
     return recipe_from_dict(section)
 
 

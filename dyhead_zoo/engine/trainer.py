@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..evaluation.evaluate import Distributed
-from .amp import autocast, check_amp, grad_scaler
-from .checkpointing import (BEST_MODEL, FINAL_MODEL, last_checkpoint, load_training_state, rng_state,
+from dyhead_zoo.evaluation.evaluate import Distributed
+from dyhead_zoo.engine.amp import autocast, check_amp, grad_scaler
+from dyhead_zoo.engine.snapshots import (BEST_MODEL, FINAL_MODEL, last_checkpoint, load_training_state, rng_state,
                             save_checkpoint, set_rng_state, write_model_folder)
-from .metrics import MetricsLog
-from .optimizer import build_optimizer, build_scheduler
-from .recipe import TrainRecipe
+from dyhead_zoo.engine.metrics import MetricsLog
+from dyhead_zoo.engine.optimizer import build_optimizer, build_scheduler
+from dyhead_zoo.engine.recipe import TrainRecipe
 
 BEST_FILE = "best.json"
 EVAL_METRIC = "AP"
@@ -172,7 +172,7 @@ class Trainer:
     def resume(self) -> bool:
         """Load the newest checkpoint under ``output_dir`` (weights and training state); returns
         whether there was one."""
-        from ..checkpoint import load_checkpoint, SAFETENSORS_NAME
+        from dyhead_zoo.weights.checkpoint import load_checkpoint, SAFETENSORS_NAME
 
         folder = last_checkpoint(self.output_dir)
         if folder is None:
@@ -247,7 +247,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """COCO box metrics of the current weights on ``val_data`` (percent; empty dict on
         other ranks than 0). Keeps ``model_best/`` when AP improved."""
-        from ..evaluation.evaluate import evaluate
+        from dyhead_zoo.evaluation.evaluate import evaluate
 
         self.model.eval()
         try:

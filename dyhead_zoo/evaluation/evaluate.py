@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.coco_data import CocoData, CocoImage, batch_shape, make_loader
-from .coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
-from ..data.preprocess import group_by_padded_shape, normalize_and_pad
-from ..errors import EvaluationLockedError
+from dyhead_zoo.data.coco_data import CocoData, CocoImage, batch_shape, make_loader
+from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
+from dyhead_zoo.data.preprocess import group_by_padded_shape, normalize_and_pad
+from dyhead_zoo.errors import EvaluationLockedError
 
 FORMAT_VERSION = 1
 Record = dict[str, Any]  # {"image_id": int, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}
@@ -149,8 +149,8 @@ def run_settings(model: nn.Module, data: CocoData) -> dict[str, Any]:
     annotation reuses the detections, and so is where the data set lies (see
     :func:`images_fingerprint`).
     """
-    from .. import __version__
-    from ..ops.deform_conv import resolve_backend
+    from dyhead_zoo import __version__
+    from dyhead_zoo.ops.deform_conv import resolve_backend
 
     parameter = next(model.parameters())
     images = images_fingerprint(data)
@@ -391,7 +391,7 @@ def eval_config(name: str, min_size: int | None = None, max_size: int | None = N
     """
     import dataclasses
 
-    from ..registry import get_config
+    from dyhead_zoo.registry import get_config
 
     config = get_config(name)
     changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}

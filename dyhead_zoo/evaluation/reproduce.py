@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..data.coco_data import CocoData
-from .evaluate import Distributed, eval_config, evaluate
+from dyhead_zoo.data.coco_data import CocoData
+from dyhead_zoo.evaluation.evaluate import Distributed, eval_config, evaluate
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def reproduce(data: CocoData, models: Sequence[str], output_dir: str | os.PathLi
     ``reproduce.json``/``.md`` are rewritten there after each variant, so finished rows survive
     a later failure. Returns the rows on rank 0, ``None`` on other ranks.
     """
-    from ..registry import create_model
+    from dyhead_zoo.registry import create_model
 
     weights = dict(weights or {})
     unknown = set(weights) - set(models)
@@ -65,13 +65,13 @@ def reproduce(data: CocoData, models: Sequence[str], output_dir: str | os.PathLi
 def resolve_weights(models: Sequence[str], weights: Mapping[str, str | os.PathLike],
                     progress: bool = True) -> dict[str, Path]:
     """A local checkpoint for every one of ``models``: ``weights[name]`` where given, else the
-    published weights, fetched now (see :func:`dyhead_zoo.weights.download_weights`).
+    published weights, fetched now (see :func:`dyhead_zoo.weights.fetch.download_weights`).
 
-    Raises :class:`~dyhead_zoo.weights.WeightsDownloadError` naming every variant whose weights
+    Raises :class:`~dyhead_zoo.weights.fetch.WeightsDownloadError` naming every variant whose weights
     could not be had, before any evaluation starts.
     """
-    from ..registry import get_config
-    from ..weights import WeightsDownloadError, download_weights
+    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.weights.fetch import WeightsDownloadError, download_weights
 
     paths: dict[str, Path] = {}
     failures: list[tuple[str, WeightsDownloadError]] = []

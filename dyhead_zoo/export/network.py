@@ -1,7 +1,7 @@
 """The part of a detector that export traces: normalised padded batch in, raw head outputs out.
 
 One-stage variants (ATSS, RetinaNet) stop at the head's per-level maps; everything after them
-(thresholds, top-k, NMS) is data-dependent and runs in :mod:`dyhead_zoo.export.postprocess`.
+(thresholds, top-k, NMS) is data-dependent and runs in :mod:`dyhead_zoo.export.decode`.
 Faster R-CNN goes further so that the exported file holds every weight: the RPN's per-level
 top-k (a fixed count), box decoding, clipping, and the ROI box head run *in the graph* on all
 those pre-NMS candidates. Each candidate's pooled features and class scores depend on that box
@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..models.atss import flatten_per_location
-from ..models.box_coder import apply_deltas
-from ..models.boxes import nonempty
-from ..models.roi_heads import assign_boxes_to_levels
+from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.models.box_coder import apply_deltas
+from dyhead_zoo.models.boxes import nonempty
+from dyhead_zoo.models.roi_heads import assign_boxes_to_levels
 
 
 def output_names(model: nn.Module) -> list[str]:

@@ -5,9 +5,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .box_coder import apply_deltas
-from .candidates import sigmoid_candidates
-from ..config import HeadConfig
+from dyhead_zoo.models.box_coder import apply_deltas
+from dyhead_zoo.models.candidates import sigmoid_candidates
+from dyhead_zoo.config import HeadConfig
 
 
 class Scale(nn.Module):

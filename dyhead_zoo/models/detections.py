@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 
 @dataclass

@@ -7,25 +7,25 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import hub
-from .anchors import AnchorGenerator
-from .atss import ATSSHead
-from .detections import Detections, class_indices, select
-from ..config import ModelConfig
-from .dyhead import DyHeadBackbone
-from .fpn import FPN
-from ..data.images import ImageInput, load_image
-from .postprocess import rescale_boxes
-from ..data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
+from dyhead_zoo.weights import hub
+from dyhead_zoo.models.anchors import AnchorGenerator
+from dyhead_zoo.models.atss import ATSSHead
+from dyhead_zoo.models.detections import Detections, class_indices, select
+from dyhead_zoo.config import ModelConfig
+from dyhead_zoo.models.dyhead import DyHeadBackbone
+from dyhead_zoo.models.fpn import FPN
+from dyhead_zoo.data.images import ImageInput, load_image
+from dyhead_zoo.models.postprocess import rescale_boxes
+from dyhead_zoo.data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
 
 
 def _build_bottom_up(config: ModelConfig) -> nn.Module:
     if config.backbone == "resnet50":
-        from .resnet import ResNet50
+        from dyhead_zoo.models.resnet import ResNet50
 
         return ResNet50(config.backbone_out_features)
     if config.backbone == "swin_t":
-        from .swin import SwinTransformer
+        from dyhead_zoo.models.swin import SwinTransformer
 
         return SwinTransformer(drop_path_rate=config.drop_path_rate)
     raise ValueError(f"unknown backbone {config.backbone!r}")
@@ -47,8 +47,8 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         self.levels = list(fpn.out_features)
         anchors = config.anchors
         if config.meta_architecture == "GeneralizedRCNN":
-            from .roi_heads import ROIHeads
-            from .rpn import RPN
+            from dyhead_zoo.models.roi_heads import ROIHeads
+            from dyhead_zoo.models.rpn import RPN
 
             rpn_strides = [fpn.strides[name] for name in config.rpn.in_features]
             self.anchor_generator = AnchorGenerator(rpn_strides, anchors.sizes, anchors.aspect_ratios, anchors.offset)
@@ -61,7 +61,7 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
             if config.meta_architecture == "ATSS":
                 head_cls: type[nn.Module] = ATSSHead
             else:
-                from .retinanet import RetinaNetHead
+                from dyhead_zoo.models.retinanet import RetinaNetHead
 
                 head_cls = RetinaNetHead
             self.head = head_cls(config.head, config.fpn_channels, config.num_classes,
@@ -132,17 +132,17 @@ class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()
         ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``."""
         features = self.backbone(images)
         if self.config.meta_architecture == "GeneralizedRCNN":
-            from ..training.rcnn_losses import rcnn_losses
+            from dyhead_zoo.losses.rcnn_losses import rcnn_losses
 
             return rcnn_losses(self, features, image_sizes, targets)
         maps = [features[name] for name in self.levels]
         outputs = self.head(maps)
         anchors = self.anchor_generator(maps)
         if self.config.meta_architecture == "ATSS":
-            from ..training.atss_loss import atss_losses
+            from dyhead_zoo.losses.atss_loss import atss_losses
 
             return atss_losses(self.head, outputs, anchors, image_sizes, targets)
-        from ..training.retinanet_loss import retinanet_losses
+        from dyhead_zoo.losses.retinanet_loss import retinanet_losses
 
         return retinanet_losses(self.head, outputs, anchors, image_sizes, targets)
 

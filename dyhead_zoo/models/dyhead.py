@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.deform_conv import modulated_deform_conv2d
+from dyhead_zoo.ops.deform_conv import modulated_deform_conv2d
 
 
 def h_sigmoid(x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused_conv import conv2d_bias_act, inference_path
+from dyhead_zoo.models.fused_conv import conv2d_bias_act, inference_path
 
 
 class LastLevelP6P7(nn.Module):

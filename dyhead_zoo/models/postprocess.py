@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .boxes import clip_boxes, nonempty
+from dyhead_zoo.models.boxes import clip_boxes, nonempty
 
 
 def rescale_boxes(boxes: Tensor, scores: Tensor, labels: Tensor, input_hw: tuple[int, int],

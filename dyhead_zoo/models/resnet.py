@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused_conv import conv2d_bias_act, fold_frozen_batchnorm, inference_path
+from dyhead_zoo.models.fused_conv import conv2d_bias_act, fold_frozen_batchnorm, inference_path
 
 
 def _tensor_state(t: Tensor) -> tuple:

@@ -71,20 +71,20 @@ def _torchvision_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor
 
 def _gather_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None,
                     stride: int, padding: int) -> Tensor:
-    from .dcn_gather import deform_conv2d_gather
+    from dyhead_zoo.ops.dcn_gather import deform_conv2d_gather
 
     return deform_conv2d_gather(x, offset, mask, weight, bias, stride, padding)
 
 
 def _triton_backend(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None,
                     stride: int, padding: int) -> Tensor:
-    from .dcn_triton import deform_conv2d_triton
+    from dyhead_zoo.ops.dcn_triton import deform_conv2d_triton
 
     return deform_conv2d_triton(x, offset, mask, weight, bias, stride, padding)
 
 
 def _triton_available(device: torch.device) -> bool:
-    from .dcn_triton import available
+    from dyhead_zoo.ops.dcn_triton import available
 
     return available(device)
 

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .box_regression import box_regression_loss
-from .matcher import Matcher, pairwise_iou
-from .sampling import subsample_labels
-from ..config import RPNConfig
-from ..models.rpn import top_proposals
+from dyhead_zoo.losses.box_regression import box_regression_loss
+from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
+from dyhead_zoo.losses.sampling import subsample_labels
+from dyhead_zoo.config import RPNConfig
+from dyhead_zoo.models.rpn import top_proposals
 
 
 def label_and_sample_anchors(anchors: Tensor, gt_boxes: Tensor, matcher: Matcher, batch_size_per_image: int,
@@ -20,7 +20,7 @@ def label_and_sample_anchors(anchors: Tensor, gt_boxes: Tensor, matcher: Matcher
 
     Labels anchors by IoU (1 object, 0 background, -1 ignored), then keeps a random sample of
     at most ``batch_size_per_image`` labelled anchors, up to ``positive_fraction`` of them
-    objects (:func:`~dyhead_zoo.training.sampling.subsample_labels`); the others become -1.
+    objects (:func:`~dyhead_zoo.losses.sampling.subsample_labels`); the others become -1.
     Returns the labels (R,) int8 and each anchor's matched box (R, 4) (zeros without ground truth).
     """
     matched_idxs, labels = matcher(pairwise_iou(gt_boxes, anchors))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from dyhead_zoo.errors import CheckpointError
 
 SAFETENSORS_NAME = "model.safetensors"
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .box_regression import box_regression_loss, check_box_reg_loss_type
-from .matcher import Matcher, pairwise_iou
-from .sampling import subsample_labels
-from ..config import ROIHeadsConfig
-from ..models.roi_heads import ROIHeads, pool_boxes
+from dyhead_zoo.losses.box_regression import box_regression_loss, check_box_reg_loss_type
+from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
+from dyhead_zoo.losses.sampling import subsample_labels
+from dyhead_zoo.config import ROIHeadsConfig
+from dyhead_zoo.models.roi_heads import ROIHeads, pool_boxes
 
 #: Objectness logit detectron2 gives the ground truth it appends to the proposals (P ~ 1 - 1e-10).
 GT_PROPOSAL_LOGIT = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))

@@ -1,6 +1,6 @@
 """Hugging Face Hub folders: ``model.safetensors``, ``config.json`` and a ``README.md`` model card.
 
-One layout serves the converter (``converters/to_hub_folder.py``), ``save_pretrained`` /
+One layout serves the converter (``dyhead_zoo/converters/to_hub_folder.py``), ``save_pretrained`` /
 ``push_to_hub`` and ``from_pretrained``: the safetensors file holds the official state_dict
 keys unchanged, ``config.json`` the variant's :class:`~dyhead_zoo.config.ModelConfig` (plus
 the COCO category names) and the card the metadata the Hub indexes.
@@ -16,9 +16,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from torch import Tensor, nn
 
-from .data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from .checkpoint import SAFETENSORS_NAME, load_checkpoint
-from .config import ModelConfig, from_dict
+from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, load_checkpoint
+from dyhead_zoo.config import ModelConfig, from_dict
 
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
@@ -47,7 +47,7 @@ def mixin_metadata() -> dict[str, Any]:
 
 
 def _version() -> str:
-    from . import __version__
+    from dyhead_zoo import __version__
 
     return __version__
 
@@ -210,7 +210,7 @@ def load_pretrained(cls: type[nn.Module], model_id: str, config: ModelConfig | M
     if config is None:
         raise FileNotFoundError(
             f"{model_id} has no {CONFIG_NAME}, so the variant is unknown. Use a folder written by "
-            "save_pretrained or converters/to_hub_folder.py, or pass config=dyhead_zoo.get_config(NAME).")
+            "save_pretrained or dyhead_zoo/converters/to_hub_folder.py, or pass config=dyhead_zoo.get_config(NAME).")
     if not isinstance(config, ModelConfig):
         config = config_from_json(config)
     model = cls(config)

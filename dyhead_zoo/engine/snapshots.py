@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import hub
-from ..checkpoint import SAFETENSORS_NAME
+from dyhead_zoo.weights import hub
+from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last_checkpoint"

@@ -6,7 +6,7 @@ ResNet with the stride in the 1x1 conv, BGR 0-255 input; timm's and torchvision'
 a different network and are not substitutes) and Swin-T ImageNet-1k (timm's
 ``swin_tiny_patch4_window7_224.ms_in1k`` on the Hugging Face Hub, which holds the numbers of the
 official ``swin_tiny_patch4_window7_224.pth``). Files are fetched once into the usual caches by
-:mod:`dyhead_zoo.weights` and read without arbitrary unpickling (:mod:`dyhead_zoo.checkpoint`).
+:mod:`dyhead_zoo.weights.fetch` and read without arbitrary unpickling (:mod:`dyhead_zoo.weights.checkpoint`).
 """
 from __future__ import annotations
 
@@ -63,11 +63,11 @@ def fetch_imagenet_weights(backbone: str, progress: bool = True) -> Path:
 
     Tries the Hub mirror (Hugging Face cache) when there is one, then the original URL into
     ``torch.hub.get_dir()/checkpoints``, each host probed first (so no network fails at once).
-    Raises :class:`dyhead_zoo.weights.WeightsDownloadError` saying where to put a file
+    Raises :class:`dyhead_zoo.weights.fetch.WeightsDownloadError` saying where to put a file
     downloaded by hand.
     """
-    from .config import WeightSource
-    from .weights import WeightsDownloadError, fetch_source, url_cache_path
+    from dyhead_zoo.config import WeightSource
+    from dyhead_zoo.weights.fetch import WeightsDownloadError, fetch_source, url_cache_path
 
     source = imagenet_weights(backbone)
     target = url_cache_path(source.url)
@@ -207,7 +207,7 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike | None = No
     ResNet/Swin body is loaded, strictly (every key and shape must match); FPN, DyHead and head
     keep their initialisation. Returns the file used.
     """
-    from .checkpoint import read_state_dict
+    from dyhead_zoo.weights.checkpoint import read_state_dict
 
     backbone = model.config.backbone
     path = fetch_imagenet_weights(backbone, progress) if path is None else Path(path)
@@ -218,7 +218,7 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike | None = No
     if problems:
         raise ValueError(f"{path} is not the {imagenet_weights(backbone).description} checkpoint the "
                          f"{model.config.name} backbone starts from (download it with "
-                         f"`python -m converters.imagenet_backbones {backbone} --out FILE` or pass no path): "
+                         f"`python -m dyhead_zoo.converters.imagenet_backbones {backbone} --out FILE` or pass no path): "
                          + "; ".join(problems))
     own = bottom_up.state_dict()
     bottom_up.load_state_dict({k: converted[k].to(own[k].dtype) for k in own}, strict=True)

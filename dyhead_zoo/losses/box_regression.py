@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-from ..models.box_coder import apply_deltas, encode_deltas
+from dyhead_zoo.models.box_coder import apply_deltas, encode_deltas
 
 #: The ``BBOX_REG_LOSS_TYPE`` values implemented here.
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou")

@@ -1,7 +1,7 @@
 """Commands that publish the official DyHead weights on the Hugging Face Hub.
 
 Installed as ``dyhead_zoo.converters`` and run as subcommands of ``dyhead-zoo`` (or with
-``python -m dyhead_zoo.converters.<module>``; from a source checkout also ``python -m converters.<module>``):
+``python -m dyhead_zoo.converters.<module>``; from a source checkout also ``python -m dyhead_zoo.converters.<module>``):
 
     dyhead-zoo convert NAME [--checkpoint FILE] --out DIR   # official .pth -> Hub-ready folder
     dyhead-zoo upload DIR --repo OWNER/NAME --dry-run         # show, then upload, that folder

@@ -28,7 +28,7 @@ DEFAULT_OUTPUT = "dyhead-eval"
 
 
 def _data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    from .data.coco_data import coco_paths
+    from dyhead_zoo.data.coco_data import coco_paths
 
     images, annotations = (coco_paths(args.coco_root) if args.coco_root else (None, None))
     images = Path(args.images) if args.images else images
@@ -42,7 +42,7 @@ def _data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def _device(requested: str | None) -> str:
     import torch
 
-    from .evaluation.evaluate import default_device
+    from dyhead_zoo.evaluation.evaluate import default_device
 
     if requested is None:
         return default_device()
@@ -85,13 +85,13 @@ def _check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
     for name, path in weights.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint for {name} not found: {path}")
-    if any(name not in weights for name in names) and importlib.util.find_spec("dyhead_zoo.weights") is None:
+    if any(name not in weights for name in names) and importlib.util.find_spec("dyhead_zoo.weights.fetch") is None:
         raise ValueError("this install cannot download the published weights; pass a local checkpoint "
                          "with --weights")
 
 
 def _load_data(args: argparse.Namespace, class_names: Sequence[str] | None = None):
-    from .data.coco_data import check_image_files, load_coco
+    from dyhead_zoo.data.coco_data import check_image_files, load_coco
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
@@ -112,7 +112,7 @@ def _comparable_with_published(args: argparse.Namespace, data, num_images: int) 
 
 
 def _print_metrics(result, published: float, comparable: bool) -> None:
-    from .evaluation.coco_metrics import STAT_NAMES
+    from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES
 
     names = STAT_NAMES[:6]
     speed = "n/a" if result.images_per_second is None else f"{result.images_per_second:.2f}"
@@ -140,14 +140,14 @@ def _print_metrics(result, published: float, comparable: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``dyhead-zoo eval``: check the dataset, build the model, evaluate, print on rank 0."""
-    from .evaluation.evaluate import distributed, eval_config, evaluate
-    from .registry import create_model
+    from dyhead_zoo.evaluation.evaluate import distributed, eval_config, evaluate
+    from dyhead_zoo.registry import create_model
 
     weights = {args.model: args.weights} if args.weights else {}
     _check_weights([args.model], weights)
     config = eval_config(args.model, args.min_size, args.max_size)
     if args.weights and Path(args.weights).is_dir():  # e.g. a fine-tuned run's OUTPUT/model_final
-        from .hub import folder_config
+        from dyhead_zoo.weights.hub import folder_config
 
         config, _ = folder_config(args.weights, config)
     _check_output_dir(args.output_dir)
@@ -176,9 +176,9 @@ def _parse_weights(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``dyhead-zoo reproduce``: evaluate each variant, print and write the table on rank 0."""
-    from .registry import get_config, list_models
-    from .evaluation.evaluate import distributed
-    from .evaluation.reproduce import markdown_table, reproduce, write_table
+    from dyhead_zoo.registry import get_config, list_models
+    from dyhead_zoo.evaluation.evaluate import distributed
+    from dyhead_zoo.evaluation.reproduce import markdown_table, reproduce, write_table
 
     models = args.models or list_models()
     for name in models:
@@ -203,9 +203,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def describe() -> str:
     """Versions, device and deformable-conv backend, as ``dyhead-zoo info`` prints them."""
     try:
-        info = importlib.import_module("dyhead_zoo.info")
+        info = importlib.import_module("dyhead_zoo.cli.info")
     except ModuleNotFoundError as err:
-        if err.name != "dyhead_zoo.info":
+        if err.name != "dyhead_zoo.cli.info":
             raise
     else:
         if callable(getattr(info, "describe", None)):
@@ -214,8 +214,8 @@ def describe() -> str:
 
     import torch
 
-    from . import __version__
-    from .ops.deform_conv import resolve_backend
+    from dyhead_zoo import __version__
+    from dyhead_zoo.ops.deform_conv import resolve_backend
 
     def version(package: str) -> str:
         try:
@@ -241,9 +241,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    """``dyhead-zoo download``: fetch, check and report the weights (see :mod:`dyhead_zoo.download`)."""
-    from .download import download
-    from .registry import list_models
+    """``dyhead-zoo download``: fetch, check and report the weights (see :mod:`dyhead_zoo.weights.cache`)."""
+    from dyhead_zoo.weights.cache import download
+    from dyhead_zoo.registry import list_models
 
     if args.all and args.names:
         raise ValueError("give variant names or --all, not both")
@@ -251,35 +251,35 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _converter(module: str):
-    """A module of the installed ``dyhead_zoo.converters`` (``converters/`` in the repository)."""
+    """A module of the installed ``dyhead_zoo.converters`` (``dyhead_zoo/converters/`` in the repository)."""
     try:
         return importlib.import_module(f"dyhead_zoo.converters.{module}")
     except ModuleNotFoundError as err:
         if err.name not in ("dyhead_zoo.converters", f"dyhead_zoo.converters.{module}"):
             raise
         raise ValueError("the converters are not installed with this copy of dyhead_zoo; install the project "
-                         "(`pip install -e .` in the repository) or run `python -m converters."
+                         "(`pip install -e .` in the repository) or run `python -m dyhead_zoo.converters."
                          f"{module}` from the repository root") from err
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """``dyhead-zoo convert``: checkpoint -> Hub folder (``converters/to_hub_folder.py``)."""
+    """``dyhead-zoo convert``: checkpoint -> Hub folder (``dyhead_zoo/converters/to_hub_folder.py``)."""
     return _converter("to_hub_folder").run(args)
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    """``dyhead-zoo upload``: Hub folder -> the repo named by ``--repo`` (``converters/upload.py``)."""
+    """``dyhead-zoo upload``: Hub folder -> the repo named by ``--repo`` (``dyhead_zoo/converters/upload.py``)."""
     return _converter("upload").run(args)
 
 
 def cmd_pin_hashes(args: argparse.Namespace) -> int:
-    """``dyhead-zoo pin-hashes``: SHA-256 of each official and mirror file (``converters/pin_hashes.py``)."""
+    """``dyhead-zoo pin-hashes``: SHA-256 of each official and mirror file (``dyhead_zoo/converters/pin_hashes.py``)."""
     return _converter("pin_hashes").run(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``dyhead-zoo train``: check the inputs, then train or fine-tune (see :func:`dyhead_zoo.train`)."""
-    from .engine.run import train
+    from dyhead_zoo.engine.training import train
 
     try:
         result = train(args.model, args.train_images, args.train_annotations, args.output_dir,
@@ -312,9 +312,9 @@ def _torch_dtype(name: str, device: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``dyhead-zoo predict``: detect objects in photos, write drawn copies and predictions.json."""
-    from .models.detections import class_indices
-    from .predict import find_images, predict_files, sample_image, summary_line
-    from .registry import create_model
+    from dyhead_zoo.models.detections import class_indices
+    from dyhead_zoo.cli.predict_files import find_images, predict_files, sample_image, summary_line
+    from dyhead_zoo.registry import create_model
 
     found = find_images(args.images) if args.images else None
     if found is not None and not found.paths:
@@ -346,14 +346,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``dyhead-zoo export``: write the network as ONNX or a torch.export ExportedProgram."""
-    from .export import export_model
-    from .registry import create_model
+    from dyhead_zoo.export import export_model
+    from dyhead_zoo.registry import create_model
 
     _check_weights([args.model], {args.model: args.weights} if args.weights else {})
     model = create_model(args.model, pretrained=args.weights is None, weights=args.weights)
     path = export_model(model, args.output, args.format, height=args.height, width=args.width,
                         batch_size=args.batch_size, dynamic=args.dynamic)
-    print(f"{args.model} ({args.format}, raw head outputs; see dyhead_zoo.export.postprocess) written to {path}")
+    print(f"{args.model} ({args.format}, raw head outputs; see dyhead_zoo.export.decode) written to {path}")
     return 0
 
 
@@ -381,11 +381,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-zoo`` argument parser with its ``eval``, ``reproduce`` and ``info`` commands."""
-    from .registry import list_models
+    from dyhead_zoo.registry import list_models
 
     parser = argparse.ArgumentParser(prog="dyhead-zoo", description="Dynamic Head detectors in pure PyTorch.",
                                      epilog="Scale out with: torchrun --nproc-per-node N $(which dyhead-zoo) eval ...")
-    from . import __version__
+    from dyhead_zoo import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = commands.add_parser("export", help="the network as ONNX or a torch.export ExportedProgram",
                              description="Export the network from the normalised, zero-padded batch (N, 3, H, W) "
-                                         "to its raw head outputs; dyhead_zoo.export.postprocess turns them into "
+                                         "to its raw head outputs; dyhead_zoo.export.decode turns them into "
                                          "the detections model.predict gives. ONNX uses the dynamo exporter at "
                                          "opset 19 with the deformable convs as the standard DeformConv op; "
                                          "the ExportedProgram keeps torchvision::deform_conv2d.")
@@ -549,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import traceback
 
-    from .errors import DyHeadZooError
+    from dyhead_zoo.errors import DyHeadZooError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

@@ -1,13 +1,13 @@
 """Convert the ImageNet backbone weights the official runs started from into our key layout.
 
-    python -m converters.imagenet_backbones resnet50 --out resnet50_imagenet.safetensors
-    python -m converters.imagenet_backbones swin_t --input swin_tiny_patch4_window7_224.pth --out swin_t.safetensors
+    python -m dyhead_zoo.converters.imagenet_backbones resnet50 --out resnet50_imagenet.safetensors
+    python -m dyhead_zoo.converters.imagenet_backbones swin_t --input swin_tiny_patch4_window7_224.pth --out swin_t.safetensors
 
 Without ``--input`` the file is downloaded once (detectron2's MSRA ``R-50.pkl``; timm's Swin-T
 ImageNet-1k ``model.safetensors`` from the Hub, else the official ``.pth``). The result holds
 the ResNet-50 / Swin-T body in our keys (checked strictly) and can be passed back to
 ``dyhead-zoo train --from-scratch PATH``. The conversion itself lives in
-:mod:`dyhead_zoo.imagenet_backbones`, so an installed package can train without this folder.
+:mod:`dyhead_zoo.weights.imagenet`, so an installed package can train without this folder.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dyhead_zoo.imagenet_backbones import (  # noqa: F401 - re-exported for converter users
+from dyhead_zoo.weights.imagenet import (  # noqa: F401 - re-exported for converter users
     IMAGENET_WEIGHTS,
     convert_imagenet_state_dict,
     convert_msra_resnet50,
@@ -32,7 +32,7 @@ def convert_file(backbone: str, out: str | Path, source: str | Path | None = Non
     from safetensors.torch import save_file
 
     import dyhead_zoo
-    from dyhead_zoo.imagenet_backbones import bottom_up_of
+    from dyhead_zoo.weights.imagenet import bottom_up_of
 
     if backbone not in _VARIANT_OF:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(_VARIANT_OF)}")

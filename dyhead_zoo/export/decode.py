@@ -13,15 +13,15 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from ..config import ModelConfig
-from ..data.categories import COCO_CLASS_NAMES
-from ..data.preprocess import normalize_and_pad, resize, to_model_tensor
-from ..data.images import ImageInput, load_image
-from ..models.anchors import AnchorGenerator
-from ..models.box_coder import apply_deltas
-from ..models.detections import Detections
-from ..models.postprocess import rescale_boxes
-from ..models.roi_heads import detections_from_boxes
+from dyhead_zoo.config import ModelConfig
+from dyhead_zoo.categories import COCO_CLASS_NAMES
+from dyhead_zoo.data.preprocess import normalize_and_pad, resize, to_model_tensor
+from dyhead_zoo.data.images import ImageInput, load_image
+from dyhead_zoo.models.anchors import AnchorGenerator
+from dyhead_zoo.models.box_coder import apply_deltas
+from dyhead_zoo.models.detections import Detections
+from dyhead_zoo.models.postprocess import rescale_boxes
+from dyhead_zoo.models.roi_heads import detections_from_boxes
 
 
 def class_names_of(config: ModelConfig) -> tuple[str, ...]:
@@ -60,8 +60,8 @@ def _as_tensors(outputs: Sequence[np.ndarray | Tensor]) -> list[Tensor]:
 
 def _one_stage(config: ModelConfig, outputs: list[Tensor], padded_hw: tuple[int, int],
                image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    from ..models.atss import ATSSHead
-    from ..models.retinanet import RetinaNetHead
+    from dyhead_zoo.models.atss import ATSSHead
+    from dyhead_zoo.models.retinanet import RetinaNetHead
 
     groups = 3 if config.meta_architecture == "ATSS" else 2
     num_levels = len(outputs) // groups

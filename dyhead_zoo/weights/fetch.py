@@ -1,6 +1,6 @@
 """Fetching the published weights once into the usual caches, checked before use.
 
-Each variant's ``configs/*.toml`` ``[weights]`` section lists its sources in the order they
+Each variant's ``dyhead_zoo/configs/*.toml`` ``[weights]`` section lists its sources in the order they
 are tried: this project's Hub repo (the converted ``model.safetensors``), the official
 release's ``.pth`` and a public mirror on the Hub. Hub files live in the Hugging Face cache
 (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` honoured), URLs in the torch hub cache
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import file_sha256, read_state_dict
-from .config import ModelConfig, WeightSource, WeightSources
-from .errors import DyHeadZooError
+from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
+from dyhead_zoo.config import ModelConfig, WeightSource, WeightSources
+from dyhead_zoo.errors import DyHeadZooError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def download_url(url: str, target: str | os.PathLike, sha256: str = "", progress
     """
     from tqdm.auto import tqdm
 
-    from . import __version__
+    from dyhead_zoo import __version__
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def fetch_source(source: WeightSource, progress: bool = True, probes: dict[str, 
     """
     from huggingface_hub import constants, hf_hub_download
 
-    from . import __version__
+    from dyhead_zoo import __version__
 
     probes = {} if probes is None else probes
 
@@ -224,7 +224,7 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], to
 
 @functools.cache
 def _expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    from .models.detector import DyHeadDetector
+    from dyhead_zoo.models.detector import DyHeadDetector
 
     try:
         with torch.device("meta"):

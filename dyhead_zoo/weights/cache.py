@@ -1,7 +1,7 @@
 """``dyhead-zoo download``: fetch and check the published weights once, for this machine or another.
 
 Each variant's weights come from the first of its sources that has them (see
-:mod:`dyhead_zoo.weights`), land in the usual caches and are checked strictly; the command
+:mod:`dyhead_zoo.weights.fetch`), land in the usual caches and are checked strictly; the command
 prints where each file is and its SHA-256. ``to`` copies the files into one folder as
 ``<variant>.<suffix>``, ready for ``--weights PATH`` on a machine without network; without it,
 the caches themselves are what to copy. :func:`cache_listing` is the part of ``dyhead-zoo
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .weights import WeightsDownloadError, cached_weights, fetch_weights
+from dyhead_zoo.weights.fetch import WeightsDownloadError, cached_weights, fetch_weights
 
 
 def _copy_atomically(source: Path, target: Path) -> Path:
@@ -51,7 +51,7 @@ def download(names: Sequence[str], to: str | os.PathLike | None = None, progress
     Returns 0 when every variant is ready, 1 when any failed. Unknown names raise ValueError
     before anything is fetched.
     """
-    from .registry import get_config
+    from dyhead_zoo.registry import get_config
 
     out, err = out or sys.stdout, err or sys.stderr
     configs = [get_config(name) for name in names]  # unknown names fail here, before any download
@@ -91,7 +91,7 @@ def download(names: Sequence[str], to: str | os.PathLike | None = None, progress
 def cache_listing(names: Sequence[str] | None = None) -> list[str]:
     """Lines saying, per variant, which of its sources' files are cached here and where
     (with sizes), or that none is and which command fetches it. Nothing is downloaded."""
-    from .registry import get_config, list_models
+    from dyhead_zoo.registry import get_config, list_models
 
     names = list(names) if names is not None else list_models()
     roots = _cache_roots()

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data.images import load_image
-from .models.detections import Detections, category_ids_for, select
+from dyhead_zoo.data.images import load_image
+from dyhead_zoo.models.detections import Detections, category_ids_for, select
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SAMPLE_IMAGE = "astronaut.jpg"
@@ -111,7 +111,7 @@ def predict_files(model, paths: Sequence[Path], output_dir: Path, score_threshol
     ``image_id`` the 1-based position of the file in ``paths``. ``report`` is called with each
     result as it is done. Returns one :class:`ImageResult` per path.
     """
-    from .draw import draw
+    from dyhead_zoo.draw import draw
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")

@@ -6,7 +6,7 @@
 Needs network. For every source of the chosen roles it fetches the file (into the usual
 caches), checks that it holds exactly the variant's tensors, compares the mirror's tensors
 with the official file's, and prints the ``[[weights.sources]]`` entries of
-``configs/<variant>.toml`` with ``sha256`` filled in (and, for Hub files, the commit that was
+``dyhead_zoo/configs/<variant>.toml`` with ``sha256`` filled in (and, for Hub files, the commit that was
 fetched as ``revision``). Pin a hash only after checking the report: once pinned, downloads
 and conversions are verified against it and converted model cards may say "official".
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import script_main
+from dyhead_zoo.converters import script_main
 
 
 def _resolved_revision(source, path: Path) -> str:
@@ -43,15 +43,15 @@ def pin_hashes(names: Sequence[str], roles: Sequence[str] = ("official", "mirror
     """Fetch, check and hash every source of ``roles`` of each variant in ``names``; print the
     TOML entries to pin with a comment per file saying what was found. Returns 0 when every
     file was fetched and holds its variant's tensors, else 1."""
-    from dyhead_zoo.checkpoint import file_sha256, read_state_dict
+    from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
     from dyhead_zoo.registry import get_config
-    from dyhead_zoo.weights import WeightsDownloadError, expected_tensors, fetch_source, first_mismatch
+    from dyhead_zoo.weights.fetch import WeightsDownloadError, expected_tensors, fetch_source, first_mismatch
 
     out = out or sys.stdout
     configs = [get_config(name) for name in names]
     ok = True
     for config in configs:
-        print(f"# configs/{config.name}.toml", file=out)
+        print(f"# dyhead_zoo/configs/{config.name}.toml", file=out)
         reference = None  # the official file's tensors, to compare the mirror's with
         for source in (s for s in config.weights.sources if s.role in roles):
             try:

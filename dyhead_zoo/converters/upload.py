@@ -19,7 +19,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
-from . import script_main
+from dyhead_zoo.converters import script_main
 
 FILES = ("model.safetensors", "config.json", "README.md")
 
@@ -27,8 +27,8 @@ FILES = ("model.safetensors", "config.json", "README.md")
 def check_folder(folder: str | os.PathLike):
     """The :class:`~dyhead_zoo.config.ModelConfig` of a Hub folder after checking it is complete
     and loads strictly."""
-    from dyhead_zoo import hub
-    from dyhead_zoo.checkpoint import SAFETENSORS_NAME, check_state_dict, read_state_dict
+    from dyhead_zoo.weights import hub
+    from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, check_state_dict, read_state_dict
     from dyhead_zoo.models.detector import DyHeadDetector
 
     folder = Path(folder)
@@ -49,8 +49,8 @@ def upload(folder: str | os.PathLike, repo_id: str, private: bool = False, dry_r
     provenance, whether a token was found) and returns None; otherwise creates the repo if
     needed and returns the commit URL.
     """
-    from dyhead_zoo.checkpoint import file_sha256
-    from dyhead_zoo.hub import weights_metadata
+    from dyhead_zoo.weights.checkpoint import file_sha256
+    from dyhead_zoo.weights.hub import weights_metadata
 
     if not repo_id or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise ValueError(f"--repo {repo_id!r}: name the Hub repo to upload to as OWNER/NAME, one you can write to")

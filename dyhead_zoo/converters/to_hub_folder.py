@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import script_main
+from dyhead_zoo.converters import script_main
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def same_bits(a, b) -> bool:
 def provenance(config, checkpoint: str | os.PathLike, url: str = "") -> Provenance:
     """The :class:`Provenance` of ``checkpoint`` for variant ``config``: official only when its
     SHA-256 equals the pinned hash of the official file (none is pinned: never official)."""
-    from dyhead_zoo.checkpoint import file_sha256
+    from dyhead_zoo.weights.checkpoint import file_sha256
 
     sha256 = file_sha256(checkpoint)
     return Provenance(sha256, url, bool(config.weights.sha256) and sha256 == config.weights.sha256.lower())
@@ -60,14 +60,14 @@ def convert(name: str, out_dir: str | os.PathLike, checkpoint: str | os.PathLike
     into the torch hub cache, whose URL is then recorded). ``source_url`` records where a
     local file came from. ``config`` overrides the variant's record (default
     ``get_config(name)``). The card and metadata call the input official only when its
-    SHA-256 is the pinned one. Raises :class:`~dyhead_zoo.checkpoint.CheckpointMismatchError`
+    SHA-256 is the pinned one. Raises :class:`~dyhead_zoo.weights.checkpoint.CheckpointMismatchError`
     naming missing, unexpected or mis-shaped keys.
     """
-    from dyhead_zoo import hub
-    from dyhead_zoo.checkpoint import SAFETENSORS_NAME, conform_state_dict, read_state_dict
+    from dyhead_zoo.weights import hub
+    from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, conform_state_dict, read_state_dict
     from dyhead_zoo.models.detector import DyHeadDetector
     from dyhead_zoo.registry import get_config
-    from dyhead_zoo.weights import WeightsDownloadError, fetch_source
+    from dyhead_zoo.weights.fetch import WeightsDownloadError, fetch_source
 
     config = config or get_config(name)
     if checkpoint is None:
@@ -113,8 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert as ``args`` say and print the folder, the input's SHA-256 and its provenance."""
-    from dyhead_zoo.checkpoint import SAFETENSORS_NAME
-    from dyhead_zoo.hub import weights_metadata
+    from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME
+    from dyhead_zoo.weights.hub import weights_metadata
 
     out_dir = args.out or Path("hub") / args.name
     convert(args.name, out_dir, args.checkpoint, args.source_url, args.allow_unsafe_pickle, not args.no_progress)

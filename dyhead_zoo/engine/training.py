@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
-from .checkpointing import CHECKPOINTS_DIR, last_checkpoint
-from .recipe import TrainRecipe, run_recipe
-from .trainer import Trainer, TrainResult
+from dyhead_zoo.config import ModelConfig
+from dyhead_zoo.engine.snapshots import CHECKPOINTS_DIR, last_checkpoint
+from dyhead_zoo.engine.recipe import TrainRecipe, run_recipe
+from dyhead_zoo.engine.trainer import Trainer, TrainResult
 
 
 def _device(requested: str | None) -> torch.device:
@@ -55,8 +55,8 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...] 
     """A checkpoint's state_dict and, when it says so (a folder with config.json), its classes."""
     import json
 
-    from ..checkpoint import SAFETENSORS_NAME, read_state_dict
-    from ..hub import CONFIG_NAME, config_from_json
+    from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, read_state_dict
+    from dyhead_zoo.weights.hub import CONFIG_NAME, config_from_json
 
     if path.is_dir():
         if not (path / SAFETENSORS_NAME).is_file():
@@ -70,17 +70,17 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...] 
 
 def _start_weights(model: Any, source: str, weights: str | os.PathLike | None) -> str:
     """Load the starting weights into ``model``; returns a line for the log."""
-    from ..data.categories import COCO_CLASS_NAMES
-    from .class_layers import load_for_classes
+    from dyhead_zoo.categories import COCO_CLASS_NAMES
+    from dyhead_zoo.engine.class_layers import load_for_classes
 
     if source == "from_scratch":
-        from .from_scratch import init_from_imagenet
+        from dyhead_zoo.engine.from_scratch import init_from_imagenet
 
         return init_from_imagenet(model)
     if source == "pretrained":
-        from ..checkpoint import read_state_dict
-        from ..registry import get_config
-        from ..weights import download_weights
+        from dyhead_zoo.weights.checkpoint import read_state_dict
+        from dyhead_zoo.registry import get_config
+        from dyhead_zoo.weights.fetch import download_weights
 
         state, names, what = read_state_dict(download_weights(get_config(model.config.name))), COCO_CLASS_NAMES, \
             "the published COCO weights"
@@ -95,8 +95,8 @@ def _start_weights(model: Any, source: str, weights: str | os.PathLike | None) -
 
 
 def _download(name: str) -> None:
-    from ..registry import get_config
-    from ..weights import download_weights
+    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.weights.fetch import download_weights
 
     download_weights(get_config(name))
 
@@ -125,13 +125,13 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
     get_config(model), ...)``; its classes are replaced by the training set's). See
     :class:`~dyhead_zoo.engine.trainer.Trainer` for the rest.
     """
-    from ..data.augmentation import TrainAugmentation
-    from ..data.train_dataset import load_train_dataset
-    from ..data.train_loader import build_train_loader
-    from ..evaluation.evaluate import distributed
-    from ..registry import create_model, get_config
-    from .amp import check_amp
-    from .determinism import deterministic_run
+    from dyhead_zoo.data.augmentation import TrainAugmentation
+    from dyhead_zoo.data.train_dataset import load_train_dataset
+    from dyhead_zoo.data.train_loader import build_train_loader
+    from dyhead_zoo.evaluation.evaluate import distributed
+    from dyhead_zoo.registry import create_model, get_config
+    from dyhead_zoo.engine.amp import check_amp
+    from dyhead_zoo.engine.determinism import deterministic_run
 
     # Checks first: nothing below may fail after minutes of model building or training.
     base = config or get_config(model)
@@ -167,7 +167,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         config = dataclasses.replace(config, input=dataclasses.replace(config.input, **test_sizes))
     val_data = None
     if val_images is not None:
-        from ..data.coco_data import check_image_files, load_coco
+        from dyhead_zoo.data.coco_data import check_image_files, load_coco
 
         val_data = load_coco(val_images, val_annotations, class_names=config.class_names)
         check_image_files(val_data.images)

@@ -8,8 +8,8 @@ from importlib import metadata
 
 import torch
 
-from . import __version__
-from .ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check, training_backend
+from dyhead_zoo import __version__
+from dyhead_zoo.ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check, training_backend
 
 
 def _version(package: str) -> str:
@@ -36,10 +36,10 @@ def describe() -> str:
     """A few lines: python/torch/torchvision/timm/triton/dyhead_zoo versions, then per device
     the deformable-conv backend that will run there and every backend available on it with
     the result of its start-up self-check (``ok`` or ``FAILED``), then which variants' weights
-    are cached and where (:func:`dyhead_zoo.download.cache_listing`). Running the self-checks is
+    are cached and where (:func:`dyhead_zoo.weights.cache.cache_listing`). Running the self-checks is
     the point, so this takes about a second on CPU and a few more on a GPU (Triton compiles).
     """
-    from .download import cache_listing
+    from dyhead_zoo.weights.cache import cache_listing
 
     lines = [
         f"python       {platform.python_version()}",
