@@ -17,6 +17,8 @@ from PIL import Image
 
 import dyhead_zoo
 from conftest import official_state_dict, random_model
+from dyhead_zoo.cli import checks
+from dyhead_zoo.cli import evaluate as evaluate_command
 from dyhead_zoo.cli import main as cli
 from dyhead_zoo.data.coco_data import load_coco
 from dyhead_zoo.errors import EvaluationLockedError
@@ -191,9 +193,9 @@ def test_bad_image_is_skipped_and_reported_and_no_published_comparison(tmp_path,
 
     coco_val = argparse.Namespace(min_size=None, max_size=None)
     data = argparse.Namespace(annotations=Path("x/annotations/instances_val2017.json"))
-    assert cli._comparable_with_published(coco_val, data, 5000)
-    assert not cli._comparable_with_published(coco_val, data, 500)
-    assert not cli._comparable_with_published(argparse.Namespace(min_size=600, max_size=None), data, 5000)
+    assert evaluate_command._comparable_with_published(coco_val, data, 5000)
+    assert not evaluate_command._comparable_with_published(coco_val, data, 500)
+    assert not evaluate_command._comparable_with_published(argparse.Namespace(min_size=600, max_size=None), data, 5000)
 
 
 # Item 14: resume key, lock, negative boxes, devices, --version -----------------------------------
@@ -238,12 +240,12 @@ def test_device_takes_any_torch_device_and_version_is_printed(capsys):
     parser = cli.build_parser()
     for device in ("cuda:1", "mps", "cpu"):
         assert parser.parse_args(["eval", "--model", NAME, "--device", device]).device == device
-    assert cli._device("cpu") == "cpu"
+    assert checks.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="not a torch device"):
-        cli._device("gpu0")
+        checks.resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda:1: no CUDA device"):
-            cli._device("cuda:1")
+            checks.resolve_device("cuda:1")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"dyhead-zoo {dyhead_zoo.__version__}"
