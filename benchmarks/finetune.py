@@ -119,11 +119,11 @@ def run_finetune(settings: FinetuneSettings, work: Path, progress: bool = True, 
     elif settings.optimizer != "recipe":
         raise ValueError(f"--optimizer must be recipe, sgd or adamw, got {settings.optimizer!r}")
     started = time.perf_counter()
-    result = dyhead_zoo.train(settings.model, data.train_images, data.train_annotations, work / "run",
-                              val_images=data.val_images, val_annotations=data.val_annotations,
-                              weights=work / "start", recipe=recipe, min_size=settings.size,
-                              max_size=settings.max_size, workers=settings.workers, seed=settings.seed,
-                              progress=progress, log_period=log_period, device="cpu")
+    result = dyhead_zoo.train(dyhead_zoo.TrainSettings(
+        settings.model, data.train_images, data.train_annotations, work / "run", val_images=data.val_images,
+        val_annotations=data.val_annotations, weights=work / "start", recipe=recipe, min_size=settings.size,
+        max_size=settings.max_size, workers=settings.workers, seed=settings.seed, progress=progress,
+        log_period=log_period, device="cpu"))
     wall = time.perf_counter() - started
     losses = _losses(work / "run" / "metrics.jsonl")
     # The same final weights on the images they were trained on: whether the loop learns at all,

@@ -10,11 +10,11 @@ from dyhead_zoo.models.detector import DyHeadDetector
 from dyhead_zoo.registry import create_model, get_config, list_models, weight_sources
 from dyhead_zoo.weights.fetch import WeightsDownloadError
 from dyhead_zoo.engine.recipe import TrainRecipe, get_recipe
-from dyhead_zoo.engine.training import train
+from dyhead_zoo.engine.training import TrainSettings, train
 from dyhead_zoo.engine.trainer import Trainer
 
 __all__ = ["COCO_CATEGORY_IDS", "COCO_CLASS_NAMES", "CheckpointError", "CheckpointMismatchError", "Detections",
            "DyHeadDetector", "DyHeadZooError", "EvaluationLockedError", "ModelConfig", "UnsafeCheckpointError",
-           "WeightsDownloadError", "TrainRecipe", "Trainer", "create_model", "get_config",
+           "WeightsDownloadError", "TrainRecipe", "TrainSettings", "Trainer", "create_model", "get_config",
            "draw", "get_recipe", "list_models", "load_image", "train", "weight_sources"]
 __version__ = "0.1.0"

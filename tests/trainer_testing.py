@@ -78,7 +78,7 @@ def quick_train(data: tuple[Path, Path], output_dir: Path, weights: Path, **kwar
     options = dict(max_iter=3, batch_size=1, device="cpu", min_size=64, max_size=128, progress=False,
                    log_period=1, config=small_config())
     options.update(kwargs)
-    return dyhead_zoo.train(MODEL, data[0], data[1], output_dir, weights=weights, **options)
+    return dyhead_zoo.train(dyhead_zoo.TrainSettings(MODEL, data[0], data[1], output_dir, weights=weights, **options))
 
 
 def distributed_worker(rank: int, world_size: int, port: int, data: tuple[Path, Path], output_dir: Path,

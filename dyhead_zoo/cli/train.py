@@ -8,16 +8,14 @@ import sys
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``dyhead-zoo train``: check the inputs, then train or fine-tune (see :func:`dyhead_zoo.train`)."""
-    from dyhead_zoo.engine.training import train
+    import dataclasses
 
+    from dyhead_zoo.engine.training import TrainSettings, train
+
+    fields = {f.name for f in dataclasses.fields(TrainSettings)} & vars(args).keys()
+    settings = TrainSettings(**{name: getattr(args, name) for name in fields}, progress=not args.no_progress)
     try:
-        result = train(args.model, args.train_images, args.train_annotations, args.output_dir,
-                       val_images=args.val_images, val_annotations=args.val_annotations, weights=args.weights,
-                       pretrained=args.pretrained, from_scratch=args.from_scratch, max_iter=args.max_iter,
-                       batch_size=args.batch_size, lr=args.lr, device=args.device, amp=args.amp,
-                       eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, resume=args.resume,
-                       strict=args.strict, workers=args.workers, seed=args.seed, min_size=args.min_size,
-                       max_size=args.max_size, progress=not args.no_progress, deterministic=args.deterministic)
+        result = train(settings)
     except KeyboardInterrupt as stop:
         print(f"dyhead-zoo train: interrupted ({stop or 'without a checkpoint'}); run the same command with "
               "--resume to continue", file=sys.stderr)

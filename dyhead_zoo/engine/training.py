@@ -1,4 +1,4 @@
-"""``dyhead_zoo.train(...)``: a whole run from a variant name and COCO-format files.
+"""``dyhead_zoo.train(TrainSettings(...))``: a whole run from a variant name and COCO-format files.
 
 Everything that can be wrong with the inputs is checked before the model is built: the
 training and validation sets (files, boxes, categories), the weights, the device and the AMP
@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,29 +102,56 @@ def _download(name: str) -> None:
     download_weights(get_config(name))
 
 
-def train(model: str, train_images: str | os.PathLike, train_annotations: str | os.PathLike,
-          output_dir: str | os.PathLike, *, val_images: str | os.PathLike | None = None,
-          val_annotations: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
-          pretrained: bool = False, from_scratch: bool = False, max_iter: int | None = None,
-          batch_size: int | None = None, lr: float | None = None, device: str | None = None,
-          amp: str | None = None, eval_period: int = 0, checkpoint_period: int | None = None,
-          resume: bool = False, strict: bool = False, workers: int = 0, seed: int = 0,
-          min_size: int | None = None, max_size: int | None = None, recipe: TrainRecipe | None = None,
-          config: ModelConfig | None = None, progress: bool = True, log_period: int = 20,
-          deterministic: bool = False) -> TrainResult | None:
-    """Train or fine-tune variant ``model`` on a COCO-format set; returns the result on rank 0.
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run is started with; ``dyhead-zoo train`` builds the same object.
 
-    Classes come from ``train_annotations``'s categories (sorted by id). Starting point: one
-    of ``weights`` (a checkpoint file or a ``from_pretrained`` folder), ``pretrained`` (the
-    published COCO weights; the default) or ``from_scratch`` (ImageNet backbone); layers that
-    depend on the classes are re-initialised when the classes differ. ``recipe`` defaults to
-    the variant's official one with ``max_iter``, ``batch_size`` (images per iteration, all
-    processes; scales the LR) and ``lr`` applied. ``min_size``/``max_size`` shrink the
-    training and evaluation sizes for quick runs. ``resume`` continues the newest checkpoint
-    in ``output_dir``; with ``deterministic`` (one CPU thread, or deterministic cuDNN) a run,
-    and a resumed one, repeats bit for bit. ``config`` changes the variant's settings (e.g. ``dataclasses.replace(
-    get_config(model), ...)``; its classes are replaced by the training set's). See
-    :class:`~dyhead_zoo.engine.trainer.Trainer` for the rest.
+    ``model``: the variant; classes come from ``train_annotations``'s categories (sorted by id).
+    Starting point: one of ``weights`` (a checkpoint file or a ``from_pretrained`` folder),
+    ``pretrained`` (the published COCO weights; the default) or ``from_scratch`` (ImageNet
+    backbone); layers that depend on the classes are re-initialised when the classes differ.
+    ``recipe`` defaults to the variant's official one with ``max_iter``, ``batch_size`` (images
+    per iteration, all processes; scales the LR) and ``lr`` applied. ``min_size``/``max_size``
+    shrink the training and evaluation sizes for quick runs. ``resume`` continues the newest
+    checkpoint in ``output_dir``; with ``deterministic`` (one CPU thread, or deterministic cuDNN)
+    a run, and a resumed one, repeats bit for bit. ``config`` changes the variant's settings
+    (e.g. ``dataclasses.replace(get_config(model), ...)``; its classes are replaced by the
+    training set's). See :class:`~dyhead_zoo.engine.trainer.Trainer` for the rest.
+    """
+
+    model: str
+    train_images: str | os.PathLike
+    train_annotations: str | os.PathLike
+    output_dir: str | os.PathLike
+    val_images: str | os.PathLike | None = None
+    val_annotations: str | os.PathLike | None = None
+    weights: str | os.PathLike | None = None
+    pretrained: bool = False
+    from_scratch: bool = False
+    max_iter: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str | None = None
+    amp: str | None = None
+    eval_period: int = 0
+    checkpoint_period: int | None = None
+    resume: bool = False
+    strict: bool = False
+    workers: int = 0
+    seed: int = 0
+    min_size: int | None = None
+    max_size: int | None = None
+    recipe: TrainRecipe | None = None
+    config: ModelConfig | None = None
+    progress: bool = True
+    log_period: int = 20
+    deterministic: bool = False
+
+
+def train(settings: TrainSettings) -> TrainResult | None:
+    """Train or fine-tune ``settings.model`` on a COCO-format set; returns the result on rank 0.
+
+    Everything is checked before the model is built (see :class:`TrainSettings` for the fields).
     """
     from dyhead_zoo.data.augmentation import TrainAugmentation
     from dyhead_zoo.data.train_dataset import load_train_dataset
@@ -133,15 +161,18 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
     from dyhead_zoo.engine.amp import check_amp
     from dyhead_zoo.engine.determinism import deterministic_run
 
+    model, weights, recipe, config = settings.model, settings.weights, settings.recipe, settings.config
+    min_size, max_size, resume = settings.min_size, settings.max_size, settings.resume
+    val_images, val_annotations, seed = settings.val_images, settings.val_annotations, settings.seed
     # Checks first: nothing below may fail after minutes of model building or training.
     base = config or get_config(model)
     if base.name != model:
         raise ValueError(f"config is for {base.name!r} but model is {model!r}")
-    source = _weights_source(weights, pretrained, from_scratch)
-    run_device = _device(device)
-    check_amp(amp, run_device)
+    source = _weights_source(weights, settings.pretrained, settings.from_scratch)
+    run_device = _device(settings.device)
+    check_amp(settings.amp, run_device)
     if recipe is None:
-        recipe = run_recipe(model, batch_size=batch_size, max_iter=max_iter, lr=lr)
+        recipe = run_recipe(model, batch_size=settings.batch_size, max_iter=settings.max_iter, lr=settings.lr)
     if min_size is not None or max_size is not None:
         sizes = (min_size,) if min_size is not None else recipe.min_size_train
         recipe = dataclasses.replace(recipe, min_size_train=sizes,
@@ -150,7 +181,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         raise ValueError("the training loader always groups batches by aspect ratio and skips images without "
                          "boxes (the official settings); aspect_ratio_grouping=False / filter_empty_annotations="
                          "False are not supported")
-    output = Path(output_dir)
+    output = Path(settings.output_dir)
     has_run = last_checkpoint(output) is not None
     if has_run and not resume:
         raise ValueError(f"{output} already holds a training run ({output / CHECKPOINTS_DIR}); pass --resume to "
@@ -159,7 +190,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         raise ValueError("give both --val-images and --val-annotations, or neither")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        dataset = load_train_dataset(train_images, train_annotations, strict=strict)
+        dataset = load_train_dataset(settings.train_images, settings.train_annotations, strict=settings.strict)
     config = dataclasses.replace(base, num_classes=dataset.num_classes, class_names=dataset.class_names)
     test_sizes = {k: v for k, v in (("min_size", min(recipe.min_size_train) if min_size else None),
                                     ("max_size", max_size)) if v is not None}
@@ -172,7 +203,7 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         val_data = load_coco(val_images, val_annotations, class_names=config.class_names)
         check_image_files(val_data.images)
 
-    with distributed(str(run_device)) as group, deterministic_run(run_device, deterministic):
+    with distributed(str(run_device)) as group, deterministic_run(run_device, settings.deterministic):
         if group.rank == 0:
             print(dataset.summary(), file=sys.stderr)
         torch.manual_seed(seed)
@@ -189,11 +220,11 @@ def train(model: str, train_images: str | os.PathLike, train_annotations: str | 
         augmentation = TrainAugmentation(min_sizes=recipe.min_size_train, max_size=recipe.max_size_train,
                                          flip_prob=0.5 if recipe.horizontal_flip else 0.0)
         loader = build_train_loader(dataset, config.input, augmentation, recipe.images_per_iteration, seed=seed,
-                                    rank=group.rank, world_size=group.world_size, workers=workers,
+                                    rank=group.rank, world_size=group.world_size, workers=settings.workers,
                                     pin_memory=run_device.type == "cuda")
-        trainer = Trainer(net, recipe, loader, output, device=run_device, amp=amp,
-                          checkpoint_period=checkpoint_period, eval_period=eval_period, val_data=val_data,
-                          progress=progress, log_period=log_period, group=group)
+        trainer = Trainer(net, recipe, loader, output, device=run_device, amp=settings.amp,
+                          checkpoint_period=settings.checkpoint_period, eval_period=settings.eval_period,
+                          val_data=val_data, progress=settings.progress, log_period=settings.log_period, group=group)
         if resume and not trainer.resume() and group.rank == 0:
             print(f"--resume: no checkpoint in {output} yet, starting a new run", file=sys.stderr)
         result = trainer.train()
