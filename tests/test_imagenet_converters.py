@@ -191,7 +191,7 @@ def test_missing_file_is_fetched_once_through_the_weights_code(tmp_path, monkeyp
 
 
 def test_converter_command_writes_our_keys_that_load_back(tmp_path, r50_model):
-    from converters import imagenet_backbones as command
+    from dyhead_zoo.converters import imagenet_backbones as command
 
     source = tmp_path / "R-50.pkl"
     source.write_bytes(py2_pickle(msra_resnet50_blobs(2)))
