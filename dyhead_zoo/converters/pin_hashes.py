@@ -45,7 +45,8 @@ def pin_hashes(names: Sequence[str], roles: Sequence[str] = ("official", "mirror
     file was fetched and holds its variant's tensors, else 1."""
     from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
     from dyhead_zoo.registry import get_config
-    from dyhead_zoo.weights.fetch import WeightsDownloadError, expected_tensors, fetch_source, first_mismatch
+    from dyhead_zoo.weights.checkpoint import find_mismatches
+    from dyhead_zoo.weights.fetch import WeightsDownloadError, expected_tensors, fetch_source
 
     out = out or sys.stdout
     configs = [get_config(name) for name in names]
@@ -63,7 +64,7 @@ def pin_hashes(names: Sequence[str], roles: Sequence[str] = ("official", "mirror
             sha256 = file_sha256(path)
             try:
                 state = read_state_dict(path)
-                verdict = first_mismatch(expected_tensors(config), state)
+                verdict = find_mismatches(expected_tensors(config), state).first()
                 verdict = f"DOES NOT MATCH the variant (first mismatching key: {verdict})" if verdict else \
                     f"holds the variant's {len(state)} tensors"
             except (OSError, ValueError) as err:

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,32 +139,74 @@ def read_state_dict(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
     return out
 
 
+TensorSpec = tuple[tuple[int, ...], torch.dtype]
+
+
+def tensor_specs(state: Mapping[str, Tensor]) -> dict[str, TensorSpec]:
+    """Name -> (shape, dtype) of every tensor of ``state``, in order."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """float, complex, bool or integer: what a value may not change into when it is loaded."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+@dataclass
+class Mismatches:
+    """How a state_dict differs from the tensors a model expects; each list in the model's key order."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, got, model's
+    kinds: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)  # key, got, model's
+
+    phrases: list[str] = field(default_factory=list)  # one per key above, in the model's key order
+
+    def first(self) -> str:
+        """The first difference as one phrase naming the key (unexpected keys last); "" when none."""
+        if self.phrases:
+            return self.phrases[0]
+        return f"unexpected key {self.unexpected[0]}" if self.unexpected else ""
+
+
+def find_mismatches(expected: Mapping[str, TensorSpec], state: Mapping[str, Tensor]) -> Mismatches:
+    """Compare ``state`` with ``expected`` (see :func:`tensor_specs`): missing and unexpected keys,
+    shapes, and dtype kinds (fp16 may stand for float32; an integer tensor may not)."""
+    found = Mismatches()
+    for key, (shape, dtype) in expected.items():
+        if key not in state:
+            found.missing.append(key)
+            found.phrases.append(f"missing key {key}")
+        elif tuple(state[key].shape) != tuple(shape):
+            found.shapes.append((key, tuple(state[key].shape), tuple(shape)))
+            found.phrases.append(f"{key}: shape {tuple(state[key].shape)}, the model has {tuple(shape)}")
+        elif dtype_kind(state[key].dtype) != dtype_kind(dtype):
+            found.kinds.append((key, state[key].dtype, dtype))
+            found.phrases.append(f"{key}: dtype {state[key].dtype}, the model has {dtype}")
+    found.unexpected = [k for k in state if k not in expected]
+    return found
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Raise :class:`CheckpointMismatchError` naming missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
+    found = find_mismatches(tensor_specs(model.state_dict()), state)
+    shapes = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in found.shapes]
+    if found.missing or found.unexpected or shapes:
         def listing(title: str, items: list[str]) -> str:
             shown = "\n  ".join(items[:20]) + (f"\n  ... and {len(items) - 20} more" if len(items) > 20 else "")
             return f"{title} ({len(items)}):\n  {shown}\n" if items else ""
 
         raise CheckpointMismatchError(
             f"the checkpoint does not match {getattr(model, 'config', None) and model.config.name or 'the model'}:\n"
-            + listing("missing keys", missing) + listing("unexpected keys", unexpected)
+            + listing("missing keys", found.missing) + listing("unexpected keys", found.unexpected)
             + listing("shape mismatches", shapes)
             + "Check that the checkpoint is for this variant (see dyhead_zoo.list_models())."
         )
-
-
-def _dtype_kind(dtype: torch.dtype) -> str:
-    if dtype.is_floating_point:
-        return "float"
-    if dtype.is_complex:
-        return "complex"
-    return "bool" if dtype == torch.bool else "integer"
 
 
 def check_values(model: nn.Module, state: Mapping[str, Tensor], allow_non_finite: bool = False) -> None:
@@ -174,8 +217,8 @@ def check_values(model: nn.Module, state: Mapping[str, Tensor], allow_non_finite
     Keys missing from ``state`` are left to :func:`check_state_dict`.
     """
     expected = model.state_dict()
-    kinds = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
-             if k in state and _dtype_kind(state[k].dtype) != _dtype_kind(v.dtype)]
+    kinds = [f"{k}: checkpoint {got} vs model {want}"
+             for k, got, want in find_mismatches(tensor_specs(expected), state).kinds]
     if kinds:
         shown = "\n  ".join(kinds[:10]) + (f"\n  ... and {len(kinds) - 10} more" if len(kinds) > 10 else "")
         raise CheckpointError(f"{len(kinds)} checkpoint tensors have another kind of dtype than the model's "

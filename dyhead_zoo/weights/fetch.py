@@ -23,14 +23,13 @@ import socket
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
+from dyhead_zoo.weights.checkpoint import file_sha256, find_mismatches, read_state_dict
 from dyhead_zoo.config import ModelConfig, WeightSource, WeightSources
 from dyhead_zoo.errors import DyHeadZooError
 
@@ -234,33 +233,6 @@ def _expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], t
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
-def _dtype_kind(dtype: torch.dtype) -> str:
-    if dtype == torch.bool:
-        return "bool"
-    if dtype.is_complex:
-        return "complex"
-    return "float" if dtype.is_floating_point else "integer"
-
-
-def first_mismatch(expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-                   state: Mapping[str, Tensor]) -> str:
-    """The first way ``state`` differs from ``expected`` (missing key, unexpected key, shape,
-    or dtype kind: float vs integer vs bool), as one phrase naming the key; "" when it matches.
-
-    Floating-point precision may differ (fp16 values load into float32 weights); kinds may not.
-    """
-    for key, (shape, dtype) in expected.items():
-        if key not in state:
-            return f"missing key {key}"
-        value = state[key]
-        if tuple(value.shape) != shape:
-            return f"{key}: shape {tuple(value.shape)}, the model has {shape}"
-        if _dtype_kind(value.dtype) != _dtype_kind(dtype):
-            return f"{key}: dtype {value.dtype}, the model has {dtype}"
-    unexpected = next((k for k in state if k not in expected), None)
-    return f"unexpected key {unexpected}" if unexpected is not None else ""
-
-
 def _check_file(config: ModelConfig, source: WeightSource, path: Path, sha256: str) -> None:
     if source.sha256 and sha256 != source.sha256.lower():
         raise _skip(f"{path} has SHA-256 {sha256}, not the pinned {source.sha256}; not used")
@@ -268,7 +240,7 @@ def _check_file(config: ModelConfig, source: WeightSource, path: Path, sha256: s
         state = read_state_dict(path)  # never arbitrary unpickling for downloaded files
     except (OSError, ValueError) as err:
         raise _skip(f"not a readable checkpoint ({_short(err)}); not used") from err
-    if mismatch := first_mismatch(expected_tensors(config), state):
+    if mismatch := find_mismatches(expected_tensors(config), state).first():
         raise _skip(f"{path} does not hold the weights of {config.name} (first mismatching key: "
                     f"{mismatch}); not used")
 

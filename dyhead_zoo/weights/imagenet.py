@@ -181,16 +181,6 @@ def convert_imagenet_state_dict(backbone: str, state: Mapping[str, Tensor]) -> d
     raise ValueError(f"no ImageNet conversion for backbone {backbone!r}; known: {sorted(IMAGENET_WEIGHTS)}")
 
 
-def _mismatches(expected: Mapping[str, Tensor], converted: Mapping[str, Tensor]) -> list[str]:
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    shapes = [f"{k} {tuple(converted[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in converted and converted[k].shape != v.shape]
-    return [f"{title} ({len(items)}): {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
-            for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", shapes)) if items]
-
-
 def bottom_up_of(model: nn.Module) -> nn.Module:
     """The ImageNet-classifier part of a :class:`~dyhead_zoo.DyHeadDetector` (ResNet-50 or Swin-T)."""
     try:
@@ -207,14 +197,18 @@ def load_imagenet_backbone(model: nn.Module, path: str | os.PathLike | None = No
     ResNet/Swin body is loaded, strictly (every key and shape must match); FPN, DyHead and head
     keep their initialisation. Returns the file used.
     """
-    from dyhead_zoo.weights.checkpoint import read_state_dict
+    from dyhead_zoo.weights.checkpoint import find_mismatches, read_state_dict, tensor_specs
 
     backbone = model.config.backbone
     path = fetch_imagenet_weights(backbone, progress) if path is None else Path(path)
     converted = convert_imagenet_state_dict(backbone, read_state_dict(path))
     bottom_up = bottom_up_of(model)
     converted = _with_model_buffers(converted, bottom_up)
-    problems = _mismatches(bottom_up.state_dict(), converted)
+    found = find_mismatches(tensor_specs(bottom_up.state_dict()), converted)
+    problems = [f"{title} ({len(items)}): {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
+                for title, items in (("missing keys", found.missing), ("unexpected keys", found.unexpected),
+                                     ("shape mismatches", [f"{k} {got} vs {want}" for k, got, want in found.shapes]))
+                if items]
     if problems:
         raise ValueError(f"{path} is not the {imagenet_weights(backbone).description} checkpoint the "
                          f"{model.config.name} backbone starts from (download it with "
