@@ -140,3 +140,20 @@ def test_export_command_writes_an_exported_program(monkeypatch, tmp_path, capsys
     assert cli.main(["export", "--model", "dyhead_r50_atss_fpn_1x", "--weights", str(weights),
                      "--height", "100", "--width", "128", "--output", str(path)]) != 0
     assert "multiples of" in capsys.readouterr().err
+
+
+
+def test_predict_batch_size_sets_the_images_per_forward_pass(small_atss, tmp_path):
+    from dyhead_zoo.cli.predict_files import predict_files
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((40, 48, 3), 40 * i, np.uint8)).save(paths[-1])
+    batches = []
+    hook = small_atss.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        predict_files(small_atss, paths, tmp_path / "out", batch_size=6)
+    finally:
+        hook.remove()
+    assert batches == [6]  # one forward pass of six images, not the predict() default of four

@@ -129,7 +129,7 @@ def predict_files(model, paths: Sequence[Path], output_dir: Path, score_threshol
             except (FileNotFoundError, ValueError) as err:
                 batch_results[index] = ImageResult(paths[index], None, error=str(err))
         if loaded:
-            detections = model.predict([image for _, image in loaded])
+            detections = model.predict([image for _, image in loaded], batch_size=len(loaded))
             for (index, image), det in zip(loaded, detections):
                 if classes is not None:
                     det = select(det, classes=classes)
