@@ -77,6 +77,7 @@ def dense_instead_of_deformable(enabled: bool):
         yield
         return
     import torch.nn.functional as F
+
     from dyhead_zoo.models import dyhead
 
     def dense(x, offset, mask, weight, bias, stride, padding):

@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 
 import dyhead_zoo
+from dyhead_zoo.data.preprocess import normalize_and_pad, to_model_tensor
 from dyhead_zoo.evaluation.agreement import match_one_to_one
 from dyhead_zoo.ops import deform_conv as dc
-from dyhead_zoo.data.preprocess import normalize_and_pad, to_model_tensor
 
 from .dcn import RESULTS, PeakMemory, environment, sync
 

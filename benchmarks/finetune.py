@@ -69,8 +69,8 @@ def build_start_model(settings: FinetuneSettings, class_names: tuple[str, ...]) 
     official_init(model)
     if settings.start == "random":
         return model, "official initialisation, no pretrained weights"
-    from dyhead_zoo.weights.checkpoint import read_state_dict
     from dyhead_zoo.categories import COCO_CLASS_NAMES
+    from dyhead_zoo.weights.checkpoint import read_state_dict
 
     if settings.start == "pretrained":
         from dyhead_zoo.weights.fetch import download_weights

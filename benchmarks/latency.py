@@ -18,8 +18,8 @@ from collections import defaultdict
 import torch
 
 import dyhead_zoo
-from dyhead_zoo.ops.deform_conv import resolve_backend
 from dyhead_zoo.data.preprocess import normalize_and_pad, to_model_tensor
+from dyhead_zoo.ops.deform_conv import resolve_backend
 
 from .dcn import sync
 from .end_to_end import photo, seeded_checkpoint

@@ -1,44 +1,12 @@
 """The zoo: variant names, their configs (from ``dyhead_zoo/configs/*.toml``) and ``create_model``."""
 from __future__ import annotations
 
-import functools
 import os
-import tomllib
-from importlib import resources
 
-from dyhead_zoo.config import ModelConfig, from_dict
+from dyhead_zoo.config import ModelConfig
+from dyhead_zoo.configs import get_config, list_models
 
-def _config_files() -> dict[str, str]:
-    package = resources.files("dyhead_zoo.configs")  # package data, in a checkout and in a wheel alike
-    return {p.name[:-5]: p.read_text() for p in sorted(package.iterdir(), key=lambda p: p.name)
-            if p.name.endswith(".toml")}
-
-
-@functools.cache
-def _configs() -> dict[str, ModelConfig]:
-    configs = {}
-    for stem, text in _config_files().items():
-        record = tomllib.loads(text)
-        record.pop("train", None)  # the training recipe: dyhead_zoo.engine.recipe reads it
-        config = from_dict(record)
-        if config.name != stem:
-            raise ValueError(f"dyhead_zoo/configs/{stem}.toml declares name {config.name!r}; they must agree")
-        configs[stem] = config
-    return configs
-
-
-def list_models() -> list[str]:
-    """Names of all variants in the zoo, sorted."""
-    return sorted(_configs())
-
-
-def get_config(name: str) -> ModelConfig:
-    """The frozen :class:`ModelConfig` of variant ``name``."""
-    configs = _configs()
-    if name not in configs:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(configs))}")
-    return configs[name]
-
+__all__ = ["create_model", "get_config", "list_models", "weight_sources"]
 
 def create_model(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None,
                  config: ModelConfig | None = None, device: str | None = None, allow_unsafe_pickle: bool = False,

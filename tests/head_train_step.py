@@ -9,10 +9,10 @@ import dataclasses
 
 import torch
 from torch import Tensor
+from train_reference import Comparison, TrainCase, build_batch, compare_to_reference, dcn_backend
 
 import dyhead_zoo
 from dyhead_zoo.ops.deform_conv import available_backends, is_differentiable
-from train_reference import Comparison, TrainCase, build_batch, compare_to_reference, dcn_backend
 
 #: Set to run the full training steps (backbone included) against the references, per backend.
 FULL_STEP_ENV = "DYHEAD_FULL_TRAIN_STEPS"

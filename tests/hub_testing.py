@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import official_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,16 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import official_state_dict
+from hub_testing import assert_bit_identical, official_pth
 
 import dyhead_zoo
-from conftest import official_state_dict
-from dyhead_zoo.weights.checkpoint import CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint, read_state_dict
-from hub_testing import assert_bit_identical, official_pth
+from dyhead_zoo.weights.checkpoint import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    read_state_dict,
+)
 
 NAME = "dyhead_r50_atss_fpn_1x"
 SMALL = OrderedDict([("a.weight", torch.randn(3, 4)), ("a.bias", torch.randn(3)),

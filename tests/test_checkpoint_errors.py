@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import official_state_dict
 
 import dyhead_zoo
-from conftest import official_state_dict
 from dyhead_zoo.weights.checkpoint import CheckpointMismatchError
 
 NAME = "dyhead_r50_atss_fpn_1x"

@@ -14,21 +14,32 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import official_state_dict
+from hub_testing import (  # noqa: F401
+    MIRROR_FILES,
+    MIRROR_REPO,
+    REPO_ROOT,
+    assert_bit_identical,
+    bare_pth,
+    cache_hub_file,
+    converted_folder,
+    loopback,
+    make_hf_cache,
+    official_pth,
+    offline_caches,
+)
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import dyhead_zoo
-from conftest import official_state_dict
-from dyhead_zoo import registry
-from dyhead_zoo.cli import main as cli
-from dyhead_zoo.converters import to_hub_folder, upload
+import dyhead_zoo.configs
 from dyhead_zoo import DyHeadDetector
 from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from dyhead_zoo.cli import main as cli
+from dyhead_zoo.converters import to_hub_folder, upload
 from dyhead_zoo.weights.checkpoint import CheckpointMismatchError, file_sha256
 from dyhead_zoo.weights.hub import config_from_json
-from hub_testing import (MIRROR_FILES, MIRROR_REPO, REPO_ROOT, assert_bit_identical, bare_pth,  # noqa: F401
-                         cache_hub_file, converted_folder, loopback, make_hf_cache, offline_caches, official_pth)
 
 NAME = "dyhead_r50_atss_fpn_1x"
 FILES = ["README.md", "config.json", "model.safetensors"]
@@ -280,7 +291,7 @@ def test_pin_hashes_prints_the_values_to_pin(tmp_path, monkeypatch, loopback, of
     url = loopback.url("ok", f"{NAME}.pth")
     sources = tuple(dataclasses.replace(s, url=url) if s.role == "official" else s for s in config.weights.sources)
     patched = dataclasses.replace(config, weights=dataclasses.replace(config.weights, sources=sources))
-    monkeypatch.setattr(registry, "_configs", lambda: {NAME: patched})
+    monkeypatch.setattr(dyhead_zoo.configs, "_configs", lambda: {NAME: patched})
     loopback.files[f"{NAME}.pth"] = official_pth(NAME)
     link = cache_hub_file(offline_caches.hf_cache, MIRROR_REPO, f"dyhead/{MIRROR_FILES[NAME]}", bare_pth(NAME))
     assert cli.main(["pin-hashes", "--all", "--no-progress"]) == 0

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import load_case, parity_cases, random_model
 from PIL import Image
 
 import dyhead_zoo
-from conftest import load_case, parity_cases, random_model
 from dyhead_zoo.draw import class_colour
 from dyhead_zoo.models.detections import category_ids_for, class_indices, select
 

@@ -14,11 +14,19 @@ import torch
 from PIL import Image
 
 import dyhead_zoo
-from dyhead_zoo.cli import main as cli
 from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from dyhead_zoo.data.coco_data import (CocoImage, batch_shape, category_mapping, check_image_files, coco_paths,
-                                  load_coco, make_loader, shape_batches)
+from dyhead_zoo.cli import main as cli
 from dyhead_zoo.config import InputConfig
+from dyhead_zoo.data.coco_data import (
+    CocoImage,
+    batch_shape,
+    category_mapping,
+    check_image_files,
+    coco_paths,
+    load_coco,
+    make_loader,
+    shape_batches,
+)
 
 SHUFFLED_IDS = tuple(1000 + 3 * (79 - i) for i in range(80))  # other ids, other order: mapped by name
 

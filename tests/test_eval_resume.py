@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import random_model
+from test_eval_data import SHUFFLED_IDS, SIZES, TEST_INPUT, write_coco
 
 import dyhead_zoo
-from conftest import random_model
 from dyhead_zoo.data.coco_data import load_coco
-from dyhead_zoo.evaluation.evaluate import evaluate, read_detections, run_key, run_settings
-from test_eval_data import SHUFFLED_IDS, SIZES, TEST_INPUT, write_coco
+from dyhead_zoo.evaluation.evaluate import evaluate
+from dyhead_zoo.evaluation.store import read_detections, run_key, run_settings
 
 NAME = "dyhead_r50_atss_fpn_1x"
 

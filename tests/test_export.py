@@ -12,14 +12,21 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import load_case, official_state_dict, parity_cases
 from PIL import Image
 
 import dyhead_zoo
 from dyhead_zoo.evaluation.agreement import match_one_to_one
+from dyhead_zoo.export import (
+    ExportableNetwork,
+    export_onnx,
+    export_program,
+    output_names,
+    postprocess,
+    prepare_batch,
+    torchvision_deform_conv,
+)
 from dyhead_zoo.models import fused_conv
-from conftest import load_case, official_state_dict, parity_cases
-from dyhead_zoo.export import (ExportableNetwork, export_onnx, export_program, output_names, postprocess,
-                               prepare_batch, torchvision_deform_conv)
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pip install -e '.[export]'")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")

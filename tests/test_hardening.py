@@ -8,14 +8,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import load_case, official_state_dict, parity_cases, random_model
+from hub_testing import REPO_ROOT
 from safetensors.torch import save_file
 
 import dyhead_zoo
-from conftest import load_case, official_state_dict, parity_cases, random_model
-from dyhead_zoo.weights.checkpoint import UnsafeCheckpointError, conform_state_dict
 from dyhead_zoo.data.preprocess import normalize_and_pad, resized_shape
 from dyhead_zoo.errors import CheckpointError
-from hub_testing import REPO_ROOT
+from dyhead_zoo.weights.checkpoint import UnsafeCheckpointError, conform_state_dict
 
 NAME = "dyhead_r50_atss_fpn_1x"
 SMALL_INPUT = dict(min_size=96, max_size=128)

@@ -13,19 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import official_state_dict, random_model
 from PIL import Image
+from test_eval_data import SIZES, TEST_INPUT, write_coco
 
 import dyhead_zoo
-from conftest import official_state_dict, random_model
-from dyhead_zoo.cli import checks
+from dyhead_zoo import distributed
 from dyhead_zoo.cli import evaluate as evaluate_command
 from dyhead_zoo.cli import main as cli
 from dyhead_zoo.data.coco_data import load_coco
 from dyhead_zoo.errors import EvaluationLockedError
 from dyhead_zoo.evaluation import reproduce as reproduce_module
-from dyhead_zoo.evaluation.evaluate import EvalResult, evaluate, run_key, run_settings
+from dyhead_zoo.evaluation.evaluate import EvalResult, evaluate
+from dyhead_zoo.evaluation.store import run_key, run_settings
 from dyhead_zoo.weights.fetch import WeightsDownloadError
-from test_eval_data import SIZES, TEST_INPUT, write_coco
 
 NAME = "dyhead_r50_atss_fpn_1x"
 SMALL = ["--min-size", str(TEST_INPUT["min_size"]), "--max-size", str(TEST_INPUT["max_size"])]
@@ -240,12 +241,12 @@ def test_device_takes_any_torch_device_and_version_is_printed(capsys):
     parser = cli.build_parser()
     for device in ("cuda:1", "mps", "cpu"):
         assert parser.parse_args(["eval", "--model", NAME, "--device", device]).device == device
-    assert checks.resolve_device("cpu") == "cpu"
+    assert distributed.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="not a torch device"):
-        checks.resolve_device("gpu0")
+        distributed.resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda:1: no CUDA device"):
-            checks.resolve_device("cuda:1")
+            distributed.resolve_device("cuda:1")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"dyhead-zoo {dyhead_zoo.__version__}"

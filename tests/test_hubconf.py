@@ -5,10 +5,10 @@ import importlib.util
 
 import pytest
 import torch
-
-import dyhead_zoo
 from conftest import official_state_dict
 from hub_testing import REPO_ROOT, assert_bit_identical, official_pth
+
+import dyhead_zoo
 
 NAME = "dyhead_r50_atss_fpn_1x"
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_testing import loopback, offline_caches  # noqa: F401 (fixtures)
 
 import dyhead_zoo
 from dyhead_zoo.weights import imagenet as imagenet_backbones
 from dyhead_zoo.weights.checkpoint import UnsafeCheckpointError
-from dyhead_zoo.weights.imagenet import ImageNetWeights, bottom_up_of, fetch_imagenet_weights, load_imagenet_backbone
 from dyhead_zoo.weights.fetch import WeightsDownloadError
-from hub_testing import loopback, offline_caches  # noqa: F401 (fixtures)
+from dyhead_zoo.weights.imagenet import ImageNetWeights, bottom_up_of, fetch_imagenet_weights, load_imagenet_backbone
 
 
 def msra_resnet50_blobs(seed: int = 0) -> dict[str, np.ndarray]:

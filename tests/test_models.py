@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import manifest
 
 import dyhead_zoo
-from conftest import manifest
 from dyhead_zoo.config import from_dict
 
 PUBLISHED = {

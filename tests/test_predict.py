@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import load_case, parity_cases, random_model
 from PIL import Image
 
 import dyhead_zoo
-from conftest import load_case, parity_cases, random_model
 from dyhead_zoo.data.preprocess import normalize_and_pad, resized_shape
 
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import load_case, parity_cases, random_model
 from PIL import Image
 
 import dyhead_zoo
 import dyhead_zoo.registry
-from conftest import load_case, parity_cases, random_model
 from dyhead_zoo.cli import main as cli
 from dyhead_zoo.cli.predict_files import find_images, sample_image
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.config import HeadConfig, RPNConfig
+from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.models.retinanet import RetinaNetHead, decode_level
 from dyhead_zoo.models.roi_heads import assign_boxes_to_levels, detections_from_boxes, pool_boxes
 from dyhead_zoo.models.rpn import RPN, top_proposals

@@ -6,21 +6,20 @@ import os
 
 import pytest
 import torch
+from head_train_step import FULL_STEP_ENV, REFERENCE_BACKEND, backbone_features, compare_head_to_reference, head_step
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
 
 import dyhead_zoo
+from dyhead_zoo.losses.atss_assignment import atss_assign, pairwise_iou
+from dyhead_zoo.losses.atss_loss import atss_losses
+from dyhead_zoo.losses.focal_loss import sigmoid_focal_loss_elementwise
+from dyhead_zoo.losses.giou_loss import giou_loss
 from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.models.atss import ATSSHead
 from dyhead_zoo.models.resnet import FrozenBatchNorm2d
 from dyhead_zoo.models.swin import SwinTransformer
 from dyhead_zoo.ops import deform_conv as dc
-from dyhead_zoo.losses.atss_assignment import atss_assign, pairwise_iou
-from dyhead_zoo.losses.atss_loss import atss_losses
-from dyhead_zoo.losses.focal_loss import sigmoid_focal_loss_elementwise
-from dyhead_zoo.losses.giou_loss import giou_loss
-from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, backbone_features, compare_head_to_reference,
-                             head_step)
-from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
 
 ATSS_VARIANTS = ["dyhead_r50_atss_fpn_1x", "dyhead_swint_atss_fpn_2x_ms"]
 TRAINING_BACKENDS = [n for n in dc.available_backends("cpu") if dc.is_differentiable(n)]

@@ -10,21 +10,31 @@ import statistics
 
 import pytest
 import torch
+from head_train_step import (
+    FULL_STEP_ENV,
+    REFERENCE_BACKEND,
+    TRAINABLE_BACKENDS,
+    above_dyhead_block0_input,
+    backbone_features,
+    compare_head_to_reference,
+    head_step,
+)
 from torchvision.ops import box_iou
+from train_reference import LOSS_RTOL, build_train_model, compare_to_reference, load_case, run_train_step
 
 import dyhead_zoo
-from dyhead_zoo.models.atss import flatten_per_location
-from dyhead_zoo.models.box_coder import apply_deltas, encode_deltas
-from dyhead_zoo.losses.fast_rcnn_loss import (SampledProposals, fast_rcnn_losses, label_and_sample_proposals,
-                                                roi_heads_losses)
+from dyhead_zoo.losses.fast_rcnn_loss import (
+    SampledProposals,
+    fast_rcnn_losses,
+    label_and_sample_proposals,
+    roi_heads_losses,
+)
 from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
 from dyhead_zoo.losses.rpn_loss import label_and_sample_anchors, rpn_losses, training_proposals
 from dyhead_zoo.losses.sampling import subsample_labels
 from dyhead_zoo.losses.targets import check_targets
-
-from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, TRAINABLE_BACKENDS, above_dyhead_block0_input,
-                             backbone_features, compare_head_to_reference, head_step)
-from train_reference import LOSS_RTOL, build_train_model, compare_to_reference, load_case, run_train_step
+from dyhead_zoo.models.anchors import flatten_per_location
+from dyhead_zoo.models.box_coder import apply_deltas, encode_deltas
 
 VARIANT = "dyhead_r50_rcnn_fpn_1x"
 

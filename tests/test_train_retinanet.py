@@ -7,17 +7,23 @@ import os
 
 import pytest
 import torch
+from head_train_step import (
+    FULL_STEP_ENV,
+    REFERENCE_BACKEND,
+    TRAINABLE_BACKENDS,
+    above_dyhead_block0_input,
+    backbone_features,
+    compare_head_to_reference,
+    head_step,
+)
+from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
 
 import dyhead_zoo
+from dyhead_zoo.losses.matcher import Matcher
+from dyhead_zoo.losses.retinanet_loss import label_anchors, retinanet_losses
 from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.models.box_coder import encode_deltas
 from dyhead_zoo.models.retinanet import INITIAL_LOSS_NORMALIZER, RetinaNetHead
-from dyhead_zoo.losses.matcher import Matcher
-from dyhead_zoo.losses.retinanet_loss import label_anchors, retinanet_losses
-
-from head_train_step import (FULL_STEP_ENV, REFERENCE_BACKEND, TRAINABLE_BACKENDS, above_dyhead_block0_input,
-                             backbone_features, compare_head_to_reference, head_step)
-from train_reference import build_train_model, compare_to_reference, load_case, run_train_step
 
 VARIANT = "dyhead_r50_retina_fpn_1x"
 

@@ -11,16 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_testing import (
+    CLASS_NAMES,
+    MODEL,
+    distributed_worker,
+    max_abs_diff,
+    quick_train,
+    read_weights,
+    small_config,
+    write_coco,
+    write_start_weights,
+)
 
 import dyhead_zoo
-from dyhead_zoo.weights.checkpoint import CheckpointMismatchError
 from dyhead_zoo.engine.class_layers import load_for_classes
 from dyhead_zoo.engine.metrics import read_metrics
 from dyhead_zoo.engine.optimizer import build_optimizer, build_scheduler, parameter_groups
 from dyhead_zoo.engine.recipe import get_recipe, run_recipe
 from dyhead_zoo.engine.trainer import Trainer
-from trainer_testing import (CLASS_NAMES, MODEL, distributed_worker, max_abs_diff, quick_train, read_weights,
-                             small_config, write_coco, write_start_weights)
+from dyhead_zoo.weights.checkpoint import CheckpointMismatchError
 
 DATA = Path(__file__).parent / "data" / "train_recipe"
 
@@ -287,9 +296,10 @@ def test_bad_inputs_fail_before_training(tiny_set, start_weights, tmp_path, caps
 
 
 def test_from_scratch_starts_from_the_imagenet_backbone(tmp_path, monkeypatch):
-    from dyhead_zoo.weights import imagenet as imagenet_backbones
-    from dyhead_zoo.engine.training import _start_weights
     from test_imagenet_converters import msra_resnet50_blobs, py2_pickle
+
+    from dyhead_zoo.engine.training import _start_weights
+    from dyhead_zoo.weights import imagenet as imagenet_backbones
 
     served = tmp_path / "server" / "R-50.pkl"
     served.parent.mkdir()

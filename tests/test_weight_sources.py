@@ -13,17 +13,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import official_state_dict
+from hub_testing import (  # noqa: F401
+    MIRROR_FILES,
+    MIRROR_REPO,
+    assert_bit_identical,
+    bare_pth,
+    cache_hub_file,
+    converted_folder,
+    loopback,
+    official_pth,
+    offline_caches,
+)
 
 import dyhead_zoo
-from conftest import official_state_dict
-from dyhead_zoo import registry
+import dyhead_zoo.configs
 from dyhead_zoo.cli import main as cli
-from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
 from dyhead_zoo.config import ModelConfig
 from dyhead_zoo.weights.cache import cache_listing
+from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
 from dyhead_zoo.weights.fetch import WeightsDownloadError, fetch_weights
-from hub_testing import (MIRROR_FILES, MIRROR_REPO, assert_bit_identical, bare_pth, cache_hub_file,  # noqa: F401
-                         converted_folder, loopback, offline_caches, official_pth)
 
 NAME = "dyhead_r50_atss_fpn_1x"
 
@@ -153,7 +162,7 @@ def test_unreachable_network_fails_fast_with_cli_advice(monkeypatch, offline_cac
 
 def _patched_registry(monkeypatch, loopback, names) -> None:
     configs = {n: with_official_url(dyhead_zoo.get_config(n), loopback.url("ok", f"{n}.pth")) for n in names}
-    monkeypatch.setattr(registry, "_configs", lambda: configs)
+    monkeypatch.setattr(dyhead_zoo.configs, "_configs", lambda: configs)
 
 
 def test_download_all_prints_path_and_sha256(monkeypatch, loopback, offline_caches, capsys):

@@ -12,15 +12,22 @@ import sys
 
 import pytest
 import torch
+from conftest import manifest, official_state_dict
+from hub_testing import (  # noqa: F401
+    REPO_ROOT,
+    assert_bit_identical,
+    converted_folder,
+    loopback,
+    make_hf_cache,
+    official_pth,
+    offline_caches,
+)
 
 import dyhead_zoo
-from conftest import manifest, official_state_dict
-from dyhead_zoo.config import WeightSource
 from dyhead_zoo.categories import COCO_CLASS_NAMES
+from dyhead_zoo.config import WeightSource
 from dyhead_zoo.registry import weight_sources
 from dyhead_zoo.weights.fetch import WeightsDownloadError, download_url, download_weights, pth_cache_path
-from hub_testing import (REPO_ROOT, assert_bit_identical, converted_folder, loopback, make_hf_cache,  # noqa: F401
-                         offline_caches, official_pth)
 
 NAME = "dyhead_r50_atss_fpn_1x"
 

@@ -20,30 +20,6 @@ def data_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return images, annotations
 
 
-def resolve_device(requested: str | None) -> str:
-    import torch
-
-    from dyhead_zoo.evaluation.evaluate import default_device
-
-    if requested is None:
-        return default_device()
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise ValueError(f"--device {requested}: not a torch device ({err}); use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested}: no CUDA device is available here; use --device cpu")
-        if device.index is None:  # one process per GPU under torchrun
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA devices "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {requested}: Apple's MPS backend is not available here; use --device cpu")
-    return str(device)
-
-
 def check_output_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` and check that files can be written there, before any model work."""
     import tempfile

@@ -6,8 +6,8 @@ import argparse
 
 def cmd_download(args: argparse.Namespace) -> int:
     """``dyhead-zoo download``: fetch, check and report the weights (see :mod:`dyhead_zoo.weights.cache`)."""
+    from dyhead_zoo.configs import list_models
     from dyhead_zoo.weights.cache import download
-    from dyhead_zoo.registry import list_models
 
     if args.all and args.names:
         raise ValueError("give variant names or --all, not both")
@@ -17,7 +17,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``download`` command."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     dl = commands.add_parser("download", help="fetch and check published weights, e.g. for a machine without network",
                              description="Fetch the weights of the named variants from the first of their sources "

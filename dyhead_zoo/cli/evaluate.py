@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from dyhead_zoo.cli.checks import check_output_dir, check_weights, load_data, resolve_device
+from dyhead_zoo.cli.checks import check_output_dir, check_weights, load_data
+from dyhead_zoo.distributed import distributed, resolve_device
 
 DEFAULT_OUTPUT = "dyhead-eval"
 
@@ -49,7 +50,7 @@ def _print_metrics(result, published: float, comparable: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``dyhead-zoo eval``: check the dataset, build the model, evaluate, print on rank 0."""
-    from dyhead_zoo.evaluation.evaluate import distributed, eval_config, evaluate
+    from dyhead_zoo.evaluation.evaluate import eval_config, evaluate
     from dyhead_zoo.registry import create_model
 
     weights = {args.model: args.weights} if args.weights else {}
@@ -98,7 +99,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     ev = commands.add_parser("eval", help="COCO box AP of one variant",
                              description="Run one variant over COCO val2017 (or any COCO-format set) and print "

@@ -22,7 +22,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``export`` command."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     ex = commands.add_parser("export", help="the network as ONNX or a torch.export ExportedProgram",
                              description="Export the network from the normalised, zero-padded batch (N, 3, H, W) "

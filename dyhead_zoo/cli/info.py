@@ -2,14 +2,22 @@
 which variants' weights are cached."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from importlib import metadata
 
 import torch
 
-from dyhead_zoo import __version__
-from dyhead_zoo.ops.deform_conv import BACKENDS, ENV_VAR, available_backends, resolve_backend, self_check, training_backend
+from dyhead_zoo.ops.deform_conv import (
+    BACKENDS,
+    ENV_VAR,
+    available_backends,
+    resolve_backend,
+    self_check,
+    training_backend,
+)
+from dyhead_zoo.version import __version__
 
 
 def _version(package: str) -> str:
@@ -66,3 +74,15 @@ def describe() -> str:
             trains = f"error: {err}"
         lines.append(f"  dcn training backend {trains}  (used when gradients are recorded)")
     return "\n".join(lines + cache_listing())
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``dyhead-zoo info``: print :func:`describe`."""
+    print(describe())
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``info`` command."""
+    info = commands.add_parser("info", help="versions, device, deformable-conv backend, cached weights")
+    info.set_defaults(func=cmd_info)

@@ -19,16 +19,16 @@ import argparse
 import sys
 from typing import Sequence
 
-from dyhead_zoo.cli import download, evaluate, export, info_command, maintainers, predict, reproduce, train
+from dyhead_zoo.cli import download, evaluate, export, info, maintainers, predict, reproduce, train
 
-COMMANDS = (evaluate, reproduce, info_command, download, maintainers, train, predict, export)  # in --help order
+COMMANDS = (evaluate, reproduce, info, download, maintainers, train, predict, export)  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dyhead-zoo`` argument parser: each command module in :data:`COMMANDS` adds its own."""
     parser = argparse.ArgumentParser(prog="dyhead-zoo", description="Dynamic Head detectors in pure PyTorch.",
                                      epilog="Scale out with: torchrun --nproc-per-node N $(which dyhead-zoo) eval ...")
-    from dyhead_zoo import __version__
+    from dyhead_zoo.version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true",

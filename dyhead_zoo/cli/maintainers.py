@@ -6,15 +6,8 @@ import importlib
 
 
 def _converter(module: str):
-    """A module of the installed ``dyhead_zoo.converters`` (``dyhead_zoo/converters/`` in the repository)."""
-    try:
-        return importlib.import_module(f"dyhead_zoo.converters.{module}")
-    except ModuleNotFoundError as err:
-        if err.name not in ("dyhead_zoo.converters", f"dyhead_zoo.converters.{module}"):
-            raise
-        raise ValueError("the converters are not installed with this copy of dyhead_zoo; install the project "
-                         "(`pip install -e .` in the repository) or run `python -m dyhead_zoo.converters."
-                         f"{module}` from the repository root") from err
+    """``dyhead_zoo.converters.<module>``, imported when its command is used (it pulls in the Hub client)."""
+    return importlib.import_module(f"dyhead_zoo.converters.{module}")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -32,7 +25,6 @@ def cmd_pin_hashes(args: argparse.Namespace) -> int:
     return _converter("pin_hashes").run(args)
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``convert``, ``upload`` and ``pin-hashes`` commands."""
     for name, module, func, help_text in (
@@ -41,8 +33,5 @@ def register(commands: argparse._SubParsersAction) -> None:
             ("pin-hashes", "pin_hashes", cmd_pin_hashes, "SHA-256 of the official and mirror files to pin "
                                                          "(maintainers; needs network)")):
         sub = commands.add_parser(name, help=help_text)
-        try:
-            _converter(module).add_arguments(sub)
-        except ValueError as err:  # not installed: the command explains itself when run
-            sub.description = str(err)
+        _converter(module).add_arguments(sub)
         sub.set_defaults(func=func)

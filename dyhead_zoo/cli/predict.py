@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dyhead_zoo.cli.checks import check_weights, resolve_device
+from dyhead_zoo.cli.checks import check_weights
+from dyhead_zoo.distributed import resolve_device
 
 
 def _torch_dtype(name: str, device: str):
@@ -19,8 +20,8 @@ def _torch_dtype(name: str, device: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``dyhead-zoo predict``: detect objects in photos, write drawn copies and predictions.json."""
-    from dyhead_zoo.models.detections import class_indices
     from dyhead_zoo.cli.predict_files import find_images, predict_files, sample_image, summary_line
+    from dyhead_zoo.models.detections import class_indices
     from dyhead_zoo.registry import create_model
 
     found = find_images(args.images) if args.images else None
@@ -54,7 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``predict`` command."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     pr = commands.add_parser("predict", help="detect objects in photos: drawn copies + predictions.json",
                              description="Detect objects in image files, folders (searched recursively) and glob "

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from dyhead_zoo.cli.checks import check_output_dir, check_weights, load_data, resolve_device
+from dyhead_zoo.cli.checks import check_output_dir, check_weights, load_data
 from dyhead_zoo.cli.evaluate import add_run_arguments
+from dyhead_zoo.distributed import distributed, resolve_device
 
 
 def _parse_weights(items: Sequence[str]) -> dict[str, str]:
@@ -21,8 +22,7 @@ def _parse_weights(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``dyhead-zoo reproduce``: evaluate each variant, print and write the table on rank 0."""
-    from dyhead_zoo.registry import get_config, list_models
-    from dyhead_zoo.evaluation.evaluate import distributed
+    from dyhead_zoo.configs import get_config, list_models
     from dyhead_zoo.evaluation.reproduce import markdown_table, reproduce, write_table
 
     models = args.models or list_models()

@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` command."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     tr = commands.add_parser("train", help="train or fine-tune a variant on COCO-format data",
                              description="Train or fine-tune one variant with its official recipe (SGD/AdamW, "

@@ -31,12 +31,12 @@ def convert_file(backbone: str, out: str | Path, source: str | Path | None = Non
     """Write ``backbone``'s ImageNet weights (from ``source`` or downloaded) in our keys to ``out`` (.safetensors)."""
     from safetensors.torch import save_file
 
-    import dyhead_zoo
+    from dyhead_zoo.registry import create_model
     from dyhead_zoo.weights.imagenet import bottom_up_of
 
     if backbone not in _VARIANT_OF:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(_VARIANT_OF)}")
-    model = dyhead_zoo.create_model(_VARIANT_OF[backbone])
+    model = create_model(_VARIANT_OF[backbone])
     used = load_imagenet_backbone(model, source, progress)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,8 @@ def pin_hashes(names: Sequence[str], roles: Sequence[str] = ("official", "mirror
     """Fetch, check and hash every source of ``roles`` of each variant in ``names``; print the
     TOML entries to pin with a comment per file saying what was found. Returns 0 when every
     file was fetched and holds its variant's tensors, else 1."""
-    from dyhead_zoo.weights.checkpoint import file_sha256, read_state_dict
-    from dyhead_zoo.registry import get_config
-    from dyhead_zoo.weights.checkpoint import find_mismatches
+    from dyhead_zoo.configs import get_config
+    from dyhead_zoo.weights.checkpoint import file_sha256, find_mismatches, read_state_dict
     from dyhead_zoo.weights.fetch import WeightsDownloadError, expected_tensors, fetch_source
 
     out = out or sys.stdout
@@ -93,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run :func:`pin_hashes` as ``args`` say."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     names = list_models() if args.all else args.names
     if not names:

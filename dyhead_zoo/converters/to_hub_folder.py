@@ -63,10 +63,10 @@ def convert(name: str, out_dir: str | os.PathLike, checkpoint: str | os.PathLike
     SHA-256 is the pinned one. Raises :class:`~dyhead_zoo.weights.checkpoint.CheckpointMismatchError`
     naming missing, unexpected or mis-shaped keys.
     """
+    from dyhead_zoo.configs import get_config
+    from dyhead_zoo.models.detector import DyHeadDetector
     from dyhead_zoo.weights import hub
     from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, conform_state_dict, read_state_dict
-    from dyhead_zoo.models.detector import DyHeadDetector
-    from dyhead_zoo.registry import get_config
     from dyhead_zoo.weights.fetch import WeightsDownloadError, fetch_source
 
     config = config or get_config(name)
@@ -100,7 +100,7 @@ def folder_listing(directory: str | os.PathLike) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The converter's options, shared by ``dyhead-zoo convert`` and ``python -m``."""
-    from dyhead_zoo.registry import list_models
+    from dyhead_zoo.configs import list_models
 
     parser.add_argument("name", choices=list_models(), metavar="NAME", help="zoo variant: " + ", ".join(list_models()))
     parser.add_argument("--out", type=Path, help="output folder (default: hub/NAME)")

@@ -27,9 +27,9 @@ FILES = ("model.safetensors", "config.json", "README.md")
 def check_folder(folder: str | os.PathLike):
     """The :class:`~dyhead_zoo.config.ModelConfig` of a Hub folder after checking it is complete
     and loads strictly."""
+    from dyhead_zoo.models.detector import DyHeadDetector
     from dyhead_zoo.weights import hub
     from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, check_state_dict, read_state_dict
-    from dyhead_zoo.models.detector import DyHeadDetector
 
     folder = Path(folder)
     missing = [name for name in FILES if not (folder / name).is_file()]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tomllib
 from dataclasses import dataclass
 from typing import Literal
+
+from dyhead_zoo.configs import get_config, records
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,8 @@ def recipe_from_dict(data: dict) -> TrainRecipe:
 @functools.cache
 def get_recipe(name: str) -> TrainRecipe:
     """The official :class:`TrainRecipe` of variant ``name`` (its ``dyhead_zoo/configs/<name>.toml``)."""
-    from dyhead_zoo.registry import _config_files, get_config
-
     get_config(name)  # unknown names fail here, listing the known ones
-    section = tomllib.loads(_config_files()[name]).get("train")
+    section = records()[name].get("train")
     if section is None:
         raise ValueError(f"dyhead_zoo/configs/{name}.toml has no [train] section: this variant has no training recipe")
     return recipe_from_dict(section)

@@ -21,13 +21,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dyhead_zoo.evaluation.evaluate import Distributed
+from dyhead_zoo.distributed import Distributed
 from dyhead_zoo.engine.amp import autocast, check_amp, grad_scaler
-from dyhead_zoo.engine.snapshots import (BEST_MODEL, FINAL_MODEL, last_checkpoint, load_training_state, rng_state,
-                            save_checkpoint, set_rng_state, write_model_folder)
 from dyhead_zoo.engine.metrics import MetricsLog
 from dyhead_zoo.engine.optimizer import build_optimizer, build_scheduler
 from dyhead_zoo.engine.recipe import TrainRecipe
+from dyhead_zoo.engine.snapshots import (
+    BEST_MODEL,
+    FINAL_MODEL,
+    last_checkpoint,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_model_folder,
+)
 
 BEST_FILE = "best.json"
 EVAL_METRIC = "AP"
@@ -172,7 +180,7 @@ class Trainer:
     def resume(self) -> bool:
         """Load the newest checkpoint under ``output_dir`` (weights and training state); returns
         whether there was one."""
-        from dyhead_zoo.weights.checkpoint import load_checkpoint, SAFETENSORS_NAME
+        from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, load_checkpoint
 
         folder = last_checkpoint(self.output_dir)
         if folder is None:

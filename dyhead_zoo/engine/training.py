@@ -19,22 +19,10 @@ from typing import Any
 import torch
 
 from dyhead_zoo.config import ModelConfig
-from dyhead_zoo.engine.snapshots import CHECKPOINTS_DIR, last_checkpoint
+from dyhead_zoo.distributed import distributed, resolve_device
 from dyhead_zoo.engine.recipe import TrainRecipe, run_recipe
+from dyhead_zoo.engine.snapshots import CHECKPOINTS_DIR, last_checkpoint
 from dyhead_zoo.engine.trainer import Trainer, TrainResult
-
-
-def _device(requested: str | None) -> torch.device:
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-        return torch.device("cuda", local_rank)
-    if requested != "cpu":
-        raise ValueError(f"--device must be cpu or cuda, got {requested!r}")
-    return torch.device("cpu")
 
 
 def _weights_source(weights: str | os.PathLike | None, pretrained: bool, from_scratch: bool) -> str:
@@ -79,8 +67,8 @@ def _start_weights(model: Any, source: str, weights: str | os.PathLike | None) -
 
         return init_from_imagenet(model)
     if source == "pretrained":
+        from dyhead_zoo.configs import get_config
         from dyhead_zoo.weights.checkpoint import read_state_dict
-        from dyhead_zoo.registry import get_config
         from dyhead_zoo.weights.fetch import download_weights
 
         state, names, what = read_state_dict(download_weights(get_config(model.config.name))), COCO_CLASS_NAMES, \
@@ -96,7 +84,7 @@ def _start_weights(model: Any, source: str, weights: str | os.PathLike | None) -
 
 
 def _download(name: str) -> None:
-    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.configs import get_config
     from dyhead_zoo.weights.fetch import download_weights
 
     download_weights(get_config(name))
@@ -156,10 +144,9 @@ def train(settings: TrainSettings) -> TrainResult | None:
     from dyhead_zoo.data.augmentation import TrainAugmentation
     from dyhead_zoo.data.train_dataset import load_train_dataset
     from dyhead_zoo.data.train_loader import build_train_loader
-    from dyhead_zoo.evaluation.evaluate import distributed
-    from dyhead_zoo.registry import create_model, get_config
     from dyhead_zoo.engine.amp import check_amp
     from dyhead_zoo.engine.determinism import deterministic_run
+    from dyhead_zoo.registry import create_model, get_config
 
     model, weights, recipe, config = settings.model, settings.weights, settings.recipe, settings.config
     min_size, max_size, resume = settings.min_size, settings.max_size, settings.resume
@@ -169,7 +156,7 @@ def train(settings: TrainSettings) -> TrainResult | None:
     if base.name != model:
         raise ValueError(f"config is for {base.name!r} but model is {model!r}")
     source = _weights_source(weights, settings.pretrained, settings.from_scratch)
-    run_device = _device(settings.device)
+    run_device = torch.device(resolve_device(settings.device))
     check_amp(settings.amp, run_device)
     if recipe is None:
         recipe = run_recipe(model, batch_size=settings.batch_size, max_iter=settings.max_iter, lr=settings.lr)

@@ -11,28 +11,30 @@ Images that cannot be decoded are recorded without detections and reported, not 
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import torch
-import torch.distributed as dist
 from torch import nn
 
 from dyhead_zoo.data.coco_data import CocoData, CocoImage, batch_shape, make_loader
-from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
 from dyhead_zoo.data.preprocess import group_by_padded_shape, normalize_and_pad
-from dyhead_zoo.errors import EvaluationLockedError
-
-FORMAT_VERSION = 1
-Record = dict[str, Any]  # {"image_id": int, "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}
+from dyhead_zoo.distributed import Distributed
+from dyhead_zoo.evaluation.coco_metrics import STAT_NAMES, coco_box_stats, detections_to_coco
+from dyhead_zoo.evaluation.store import (
+    FORMAT_VERSION,
+    Record,
+    cut_torn_tail,
+    detections_lock,
+    read_detections,
+    run_key,
+    run_settings,
+    to_record,
+)
 
 
 @dataclass(frozen=True)
@@ -58,160 +60,6 @@ class EvalResult:
     skipped: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place among the evaluation processes (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    group: Any = None  # a gloo group for gathering Python objects, None when not distributed
-
-    def gather(self, obj: Any) -> list[Any] | None:
-        """``obj`` of every rank, in rank order, on rank 0 (``None`` elsewhere)."""
-        if self.world_size == 1:
-            return [obj]
-        out = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0, group=self.group)
-        return out
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        """``obj`` of every rank, in rank order, on every rank."""
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[Distributed]:
-    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else run alone.
-
-    Uses NCCL for CUDA devices and gloo otherwise, plus a gloo group for gathering detections
-    (they are Python objects on the CPU). Leaves the group on exit.
-    """
-    if dist.is_initialized():  # by the caller: use its group, leave it to the caller
-        group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        yield Distributed(dist.get_rank(), dist.get_world_size(), group)
-        return
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield Distributed()
-        return
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    try:
-        group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-        yield Distributed(dist.get_rank(), dist.get_world_size(), group)
-    finally:
-        dist.destroy_process_group()
-
-
-def default_device() -> str:
-    """``cuda:<LOCAL_RANK>`` when CUDA is available (``torchrun`` sets LOCAL_RANK), else ``cpu``."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's state (names, dtypes, shapes and bytes of every tensor)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def images_fingerprint(data: CocoData) -> str:
-    """SHA-256 over every image's id, file name (relative to the image folder), annotated size
-    and file content: moving the data set keeps it, changing any image changes it."""
-    entries = []
-    for im in data.images:
-        try:
-            name = im.path.relative_to(data.images_dir).as_posix()
-        except ValueError:
-            name = im.path.name
-        try:
-            with im.path.open("rb") as f:
-                content = hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError:
-            content = "unreadable"  # reported when the image is decoded
-        entries.append([im.id, name, im.height, im.width, content])
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-def run_settings(model: nn.Module, data: CocoData) -> dict[str, Any]:
-    """Everything that determines the detections of ``model`` on ``data``'s images.
-
-    Batch size, worker count, image limit and the number of processes are left out: they do
-    not change any image's detections. The ground-truth boxes are left out too, so fixing an
-    annotation reuses the detections, and so is where the data set lies (see
-    :func:`images_fingerprint`).
-    """
-    from dyhead_zoo import __version__
-    from dyhead_zoo.ops.deform_conv import resolve_backend
-
-    parameter = next(model.parameters())
-    images = images_fingerprint(data)
-    return {"config": model.config.to_dict(), "weights_sha256": weights_fingerprint(model),
-            "device_type": parameter.device.type, "dtype": str(parameter.dtype),
-            "dcn_backend": resolve_backend(device=parameter.device),
-            "images_sha256": images, "dyhead_zoo": __version__, "format": FORMAT_VERSION}
-
-
-def run_key(settings: dict[str, Any]) -> str:
-    """A short hex key of :func:`run_settings`: files of runs with other settings never mix."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_detections(path: Path, key: str | None = None) -> dict[int, Record]:
-    """The per-image records of a detections file, skipping a torn or malformed line.
-
-    Lines that are not complete JSON records (a killed writer's last line) are ignored;
-    a file whose header names another ``key`` yields nothing.
-    """
-    records: dict[int, Record] = {}
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                item = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if not isinstance(item, dict):
-                continue
-            if "key" in item and key is not None and item["key"] != key:
-                return {}
-            if {"image_id", "boxes", "scores", "labels"} <= item.keys():
-                records[int(item["image_id"])] = item
-    return records
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline, so appending starts on a fresh line."""
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        keep = size
-        while keep > 0:
-            step = min(keep, 1 << 16)
-            f.seek(keep - step)
-            block = f.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = keep - step + newline + 1
-                break
-            keep -= step
-        if keep != size:
-            f.truncate(keep)
-
-
-def _record(image_id: int, detections: Any) -> Record:
-    return {"image_id": int(image_id), "boxes": detections.boxes.tolist(),
-            "scores": detections.scores.tolist(), "labels": detections.labels.tolist()}
-
-
 def _share(images: Sequence[CocoImage], data_config: Any, rank: int, world_size: int) -> list[CocoImage]:
     # Deal images in shape order so each process gets a similar mix of shapes (and batches).
     ordered = sorted(images, key=lambda im: (batch_shape(im, data_config), im.id))
@@ -229,7 +77,7 @@ def _run(model: nn.Module, images: Sequence[CocoImage], path: Path, header: dict
     if not images:
         return produced, 0.0
     if path.exists():
-        _cut_torn_tail(path)
+        cut_torn_tail(path)
     fresh = not path.exists() or path.stat().st_size == 0
     loader = make_loader(images, config, batch_size, workers, pin_memory=device.type == "cuda")
     start = time.perf_counter()
@@ -252,45 +100,12 @@ def _run(model: nn.Module, images: Sequence[CocoImage], path: Path, header: dict
                 padded, sizes = normalize_and_pad(tensors, config)
                 outputs = model(padded.to(dtype), sizes, output_sizes=[decoded[i][2] for i in indices])
                 for i, detections in zip(indices, outputs):
-                    record = _record(decoded[i][0], detections.to("cpu"))
+                    record = to_record(decoded[i][0], detections.to("cpu"))
                     out.write(json.dumps(record) + "\n")
                     produced[record["image_id"]] = record
             out.flush()
             bar.update(len(batch))
     return produced, time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def detections_lock(path: Path) -> Iterator[None]:
-    """Hold ``path`` (a ``.lock`` file beside a detections file) for this process, or raise
-    :class:`~dyhead_zoo.errors.EvaluationLockedError` when another process holds it.
-
-    The lock is an ``flock`` on the open file, so the system drops it when its holder exits,
-    however it ends; the file itself stays. Where ``fcntl`` is missing (Windows) nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with path.open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise EvaluationLockedError(
-                f"another evaluation ({holder}) is computing the same detections into {path.parent} right now "
-                f"(its lock {path.name} is held): wait for it to finish and run this command again to reuse its "
-                "detections, or choose another --output-dir") from None
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {platform.node() or 'this machine'}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def subset_name(num_images: int, total: int) -> str:
@@ -391,7 +206,7 @@ def eval_config(name: str, min_size: int | None = None, max_size: int | None = N
     """
     import dataclasses
 
-    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.configs import get_config
 
     config = get_config(name)
     changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}

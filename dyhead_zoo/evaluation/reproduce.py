@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from dyhead_zoo.data.coco_data import CocoData
-from dyhead_zoo.evaluation.evaluate import Distributed, eval_config, evaluate
+from dyhead_zoo.distributed import Distributed
+from dyhead_zoo.evaluation.evaluate import eval_config, evaluate
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def resolve_weights(models: Sequence[str], weights: Mapping[str, str | os.PathLi
     Raises :class:`~dyhead_zoo.weights.fetch.WeightsDownloadError` naming every variant whose weights
     could not be had, before any evaluation starts.
     """
-    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.configs import get_config
     from dyhead_zoo.weights.fetch import WeightsDownloadError, download_weights
 
     paths: dict[str, Path] = {}

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from dyhead_zoo.config import ModelConfig
 from dyhead_zoo.categories import COCO_CLASS_NAMES
-from dyhead_zoo.data.preprocess import normalize_and_pad, resize, to_model_tensor
+from dyhead_zoo.config import ModelConfig
 from dyhead_zoo.data.images import ImageInput, load_image
+from dyhead_zoo.data.preprocess import normalize_and_pad, resize, to_model_tensor
 from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.detections import Detections

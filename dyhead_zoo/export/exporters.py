@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dyhead_zoo.data.preprocess import padded_shape
-from dyhead_zoo.ops.deform_conv import ENV_VAR
 from dyhead_zoo.export.network import ExportableNetwork, input_names, output_names
+from dyhead_zoo.ops.deform_conv import ENV_VAR
 
 ONNX_OPSET = 19  # the first opset with the standard DeformConv op
 Format = Literal["onnx", "exported-program"]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.models.anchors import flatten_per_location
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.boxes import nonempty
 from dyhead_zoo.models.roi_heads import assign_boxes_to_levels

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyhead_zoo.models.atss import flatten_per_location
-from dyhead_zoo.models.box_coder import apply_deltas, encode_deltas
-from dyhead_zoo.losses.atss_assignment import atss_assign
 from dyhead_zoo.distributed import all_reduce_sum, world_size
+from dyhead_zoo.losses.atss_assignment import atss_assign
 from dyhead_zoo.losses.focal_loss import sigmoid_focal_loss_sum
 from dyhead_zoo.losses.giou_loss import giou_loss
 from dyhead_zoo.losses.targets import check_targets
+from dyhead_zoo.models.anchors import flatten_per_location
+from dyhead_zoo.models.box_coder import apply_deltas, encode_deltas
 
 
 def centerness_targets(boxes: Tensor, anchors: Tensor) -> Tensor:

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dyhead_zoo.config import ROIHeadsConfig
 from dyhead_zoo.losses.box_regression import box_regression_loss, check_box_reg_loss_type
 from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
 from dyhead_zoo.losses.sampling import subsample_labels
-from dyhead_zoo.config import ROIHeadsConfig
 from dyhead_zoo.models.roi_heads import ROIHeads, pool_boxes
 
 #: Objectness logit detectron2 gives the ground truth it appends to the proposals (P ~ 1 - 1e-10).

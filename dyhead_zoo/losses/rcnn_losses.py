@@ -9,7 +9,7 @@ from dyhead_zoo.losses.box_regression import check_box_reg_loss_type
 from dyhead_zoo.losses.fast_rcnn_loss import roi_heads_losses
 from dyhead_zoo.losses.rpn_loss import rpn_losses, training_proposals
 from dyhead_zoo.losses.targets import check_targets
-from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.models.anchors import flatten_per_location
 
 
 def rcnn_losses(model: nn.Module, features: dict[str, Tensor], image_sizes: Sequence[tuple[int, int]],

@@ -11,7 +11,7 @@ from torchvision.ops import sigmoid_focal_loss
 from dyhead_zoo.losses.box_regression import box_regression_loss, check_box_reg_loss_type
 from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
 from dyhead_zoo.losses.targets import check_targets
-from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.models.anchors import flatten_per_location
 
 #: Weight of the old value in the running foreground count (detectron2 hard-codes it).
 LOSS_NORMALIZER_MOMENTUM = 0.9

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dyhead_zoo.config import RPNConfig
 from dyhead_zoo.losses.box_regression import box_regression_loss
 from dyhead_zoo.losses.matcher import Matcher, pairwise_iou
 from dyhead_zoo.losses.sampling import subsample_labels
-from dyhead_zoo.config import RPNConfig
 from dyhead_zoo.models.rpn import top_proposals
 
 

@@ -52,3 +52,9 @@ class AnchorGenerator:
             grid_anchors(tuple(f.shape[-2:]), stride, cell, self.offset, f.device)
             for f, stride, cell in zip(features, self.strides, self.cells)
         ]
+
+
+def flatten_per_location(x: Tensor, channels: int) -> Tensor:
+    """(N, A*C, H, W) -> (N, H*W*A, C): the order of the anchors."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, channels)

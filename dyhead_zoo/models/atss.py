@@ -5,9 +5,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from dyhead_zoo.config import HeadConfig
+from dyhead_zoo.models.anchors import flatten_per_location
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.candidates import sigmoid_candidates
-from dyhead_zoo.config import HeadConfig
 
 
 class Scale(nn.Module):
@@ -19,12 +20,6 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
-
-
-def flatten_per_location(x: Tensor, channels: int) -> Tensor:
-    """(N, A*C, H, W) -> (N, H*W*A, C): the order of the anchors."""
-    n, _, h, w = x.shape
-    return x.view(n, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, channels)
 
 
 class ATSSHead(nn.Module):

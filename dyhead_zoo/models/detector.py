@@ -5,18 +5,19 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from dyhead_zoo.weights import hub
+from dyhead_zoo.config import ModelConfig
+from dyhead_zoo.data.images import ImageInput, load_image
+from dyhead_zoo.data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
 from dyhead_zoo.models.anchors import AnchorGenerator
 from dyhead_zoo.models.atss import ATSSHead
 from dyhead_zoo.models.detections import Detections, class_indices, select
-from dyhead_zoo.config import ModelConfig
 from dyhead_zoo.models.dyhead import DyHeadBackbone
 from dyhead_zoo.models.fpn import FPN
-from dyhead_zoo.data.images import ImageInput, load_image
 from dyhead_zoo.models.postprocess import rescale_boxes
-from dyhead_zoo.data.preprocess import group_by_padded_shape, normalize_and_pad, resize, to_model_tensor
+from dyhead_zoo.weights import hub
 
 
 def _build_bottom_up(config: ModelConfig) -> nn.Module:
@@ -31,7 +32,7 @@ def _build_bottom_up(config: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown backbone {config.backbone!r}")
 
 
-class DyHeadDetector(nn.Module, hub.PyTorchModelHubMixin, **hub.mixin_metadata()):
+class DyHeadDetector(nn.Module, PyTorchModelHubMixin, **hub.mixin_metadata()):
     """A Dynamic Head detector built from a :class:`~dyhead_zoo.config.ModelConfig`.
 
     ``model.predict(images)`` runs the official test-time pipeline end to end;

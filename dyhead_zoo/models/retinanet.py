@@ -5,10 +5,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.config import HeadConfig
+from dyhead_zoo.models.anchors import flatten_per_location
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.candidates import sigmoid_candidates
-from dyhead_zoo.config import HeadConfig
 
 #: detectron2's starting value of RetinaNet's loss normaliser ("any reasonable #fg").
 INITIAL_LOSS_NORMALIZER = 100.0

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, roi_align
 
+from dyhead_zoo.config import ROIHeadsConfig
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.boxes import clip_boxes
-from dyhead_zoo.config import ROIHeadsConfig
 
 CANONICAL_BOX_SIZE = 224
 CANONICAL_LEVEL = 4

@@ -5,11 +5,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from dyhead_zoo.models.anchors import AnchorGenerator
-from dyhead_zoo.models.atss import flatten_per_location
+from dyhead_zoo.config import RPNConfig
+from dyhead_zoo.models.anchors import AnchorGenerator, flatten_per_location
 from dyhead_zoo.models.box_coder import apply_deltas
 from dyhead_zoo.models.boxes import clip_boxes, nonempty
-from dyhead_zoo.config import RPNConfig
 
 
 def top_proposals(anchors: list[Tensor], deltas: list[Tensor], logits: list[Tensor],

@@ -51,7 +51,7 @@ def download(names: Sequence[str], to: str | os.PathLike | None = None, progress
     Returns 0 when every variant is ready, 1 when any failed. Unknown names raise ValueError
     before anything is fetched.
     """
-    from dyhead_zoo.registry import get_config
+    from dyhead_zoo.configs import get_config
 
     out, err = out or sys.stdout, err or sys.stderr
     configs = [get_config(name) for name in names]  # unknown names fail here, before any download
@@ -91,7 +91,7 @@ def download(names: Sequence[str], to: str | os.PathLike | None = None, progress
 def cache_listing(names: Sequence[str] | None = None) -> list[str]:
     """Lines saying, per variant, which of its sources' files are cached here and where
     (with sizes), or that none is and which command fetches it. Nothing is downloaded."""
-    from dyhead_zoo.registry import get_config, list_models
+    from dyhead_zoo.configs import get_config, list_models
 
     names = list(names) if names is not None else list_models()
     roots = _cache_roots()

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from dyhead_zoo.weights.checkpoint import file_sha256, find_mismatches, read_state_dict
 from dyhead_zoo.config import ModelConfig, WeightSource, WeightSources
 from dyhead_zoo.errors import DyHeadZooError
+from dyhead_zoo.weights.checkpoint import file_sha256, find_mismatches, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def download_url(url: str, target: str | os.PathLike, sha256: str = "", progress
     """
     from tqdm.auto import tqdm
 
-    from dyhead_zoo import __version__
+    from dyhead_zoo.version import __version__
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def fetch_source(source: WeightSource, progress: bool = True, probes: dict[str, 
     """
     from huggingface_hub import constants, hf_hub_download
 
-    from dyhead_zoo import __version__
+    from dyhead_zoo.version import __version__
 
     probes = {} if probes is None else probes
 

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 from torch import Tensor, nn
 
 from dyhead_zoo.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, load_checkpoint
 from dyhead_zoo.config import ModelConfig, from_dict
+from dyhead_zoo.version import __version__
+from dyhead_zoo.weights.checkpoint import SAFETENSORS_NAME, load_checkpoint
 
 CONFIG_NAME = "config.json"
 README_NAME = "README.md"
@@ -46,17 +47,11 @@ def mixin_metadata() -> dict[str, Any]:
             "pipeline_tag": "object-detection", "paper_url": PAPER_URL}
 
 
-def _version() -> str:
-    from dyhead_zoo import __version__
-
-    return __version__
-
-
 def config_to_json(config: ModelConfig) -> dict[str, Any]:
     """The ``config.json`` dict: every :class:`ModelConfig` field (``class_names`` among them,
     in label order) plus, for the 80 COCO classes, their annotation ids.
     :func:`config_from_json` is its inverse."""
-    data = {"library_name": LIBRARY_NAME, "library_version": _version(), **config.to_dict()}
+    data = {"library_name": LIBRARY_NAME, "library_version": __version__, **config.to_dict()}
     if tuple(config.class_names) == COCO_CLASS_NAMES:
         data["category_ids"] = list(COCO_CATEGORY_IDS)
     return data
@@ -153,7 +148,7 @@ def save_folder(state: Mapping[str, Tensor], config: ModelConfig, directory: str
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "variant": config.name, "library": LIBRARY_NAME, "library_version": _version()}
+    metadata = {"format": "pt", "variant": config.name, "library": LIBRARY_NAME, "library_version": __version__}
     if source_url:
         metadata["source_url"] = source_url
     if source_sha256:
@@ -219,7 +214,7 @@ def load_pretrained(cls: type[nn.Module], model_id: str, config: ModelConfig | M
     else:
         weights = Path(hf_hub_download(
             model_id, SAFETENSORS_NAME, revision=revision, cache_dir=cache_dir, force_download=force_download,
-            local_files_only=local_files_only, token=token, library_name=LIBRARY_NAME, library_version=_version()))
+            local_files_only=local_files_only, token=token, library_name=LIBRARY_NAME, library_version=__version__))
     load_checkpoint(model, weights)
     model.eval()
     if device is not None:
