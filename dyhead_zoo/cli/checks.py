@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from pathlib import Path
 from typing import Sequence
@@ -42,9 +41,6 @@ def check_weights(names: Sequence[str], weights: dict[str, str]) -> None:
     for name, path in weights.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint for {name} not found: {path}")
-    if any(name not in weights for name in names) and importlib.util.find_spec("dyhead_zoo.weights.fetch") is None:
-        raise ValueError("this install cannot download the published weights; pass a local checkpoint "
-                         "with --weights")
 
 
 def load_data(args: argparse.Namespace, class_names: Sequence[str] | None = None):
@@ -57,3 +53,11 @@ def load_data(args: argparse.Namespace, class_names: Sequence[str] | None = None
     data = load_coco(*data_paths(args), **({"class_names": class_names} if class_names else {}))
     check_image_files(data.first(args.limit))
     return data
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The required ``--model NAME`` of the commands that work on one variant."""
+    from dyhead_zoo.configs import list_models
+
+    parser.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+                        help="one of: " + ", ".join(list_models()))

@@ -14,7 +14,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     return download(list_models() if args.all else args.names, args.to, progress=not args.no_progress)
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``download`` command."""
     from dyhead_zoo.configs import list_models

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from dyhead_zoo.cli.checks import check_output_dir, check_weights, load_data
+from dyhead_zoo.cli.checks import add_model_argument, check_output_dir, check_weights, load_data
 from dyhead_zoo.distributed import distributed, resolve_device
 
 DEFAULT_OUTPUT = "dyhead-eval"
@@ -73,7 +73,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("dataset (COCO val2017, or any COCO-format set)")
     data.add_argument("--coco-root", metavar="DIR", help="folder with val2017/ and annotations/instances_val2017.json")
@@ -96,16 +95,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     quick.add_argument("--max-size", type=int, metavar="PX", help="test size, longer side at most (official 1333)")
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command."""
-    from dyhead_zoo.configs import list_models
 
     ev = commands.add_parser("eval", help="COCO box AP of one variant",
                              description="Run one variant over COCO val2017 (or any COCO-format set) and print "
                                          "AP, AP50, AP75, APs, APm, APl. Rerunning resumes an interrupted run.")
-    ev.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
-                    help="one of: " + ", ".join(list_models()))
+    add_model_argument(ev)
     ev.add_argument("--weights", metavar="PATH", help="local checkpoint (.pth or .safetensors); "
                                                       "default: the published weights")
     add_run_arguments(ev)

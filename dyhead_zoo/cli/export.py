@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from dyhead_zoo.cli.checks import check_weights
+from dyhead_zoo.cli.checks import add_model_argument, check_weights
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -19,10 +19,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``export`` command."""
-    from dyhead_zoo.configs import list_models
 
     ex = commands.add_parser("export", help="the network as ONNX or a torch.export ExportedProgram",
                              description="Export the network from the normalised, zero-padded batch (N, 3, H, W) "
@@ -30,8 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                          "the detections model.predict gives. ONNX uses the dynamo exporter at "
                                          "opset 19 with the deformable convs as the standard DeformConv op; "
                                          "the ExportedProgram keeps torchvision::deform_conv2d.")
-    ex.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
-                    help="one of: " + ", ".join(list_models()))
+    add_model_argument(ex)
     ex.add_argument("--weights", metavar="PATH", help="local checkpoint (.pth, .safetensors or a saved model "
                                                       "folder); default: the published weights")
     ex.add_argument("--format", choices=["onnx", "exported-program"], default="onnx",

@@ -52,7 +52,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if done == len(results) else 1
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``predict`` command."""
     from dyhead_zoo.configs import list_models

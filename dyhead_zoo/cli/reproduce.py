@@ -45,7 +45,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``reproduce`` command."""
     rp = commands.add_parser("reproduce", help="published vs measured mAP of every variant",

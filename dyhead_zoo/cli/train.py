@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from dyhead_zoo.cli.checks import add_model_argument
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``dyhead-zoo train``: check the inputs, then train or fine-tune (see :func:`dyhead_zoo.train`)."""
@@ -28,10 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` command."""
-    from dyhead_zoo.configs import list_models
 
     tr = commands.add_parser("train", help="train or fine-tune a variant on COCO-format data",
                              description="Train or fine-tune one variant with its official recipe (SGD/AdamW, "
@@ -39,8 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                          "Classes come from the training annotations. Checkpoints are resumable "
                                          "(--resume); Ctrl-C writes one before stopping.",
                              epilog="Several processes: torchrun --nproc-per-node N $(which dyhead-zoo) train ...")
-    tr.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
-                    help="one of: " + ", ".join(list_models()))
+    add_model_argument(tr)
     data = tr.add_argument_group("data (COCO-format)")
     data.add_argument("--train-images", required=True, metavar="DIR", help="training image folder")
     data.add_argument("--train-annotations", required=True, metavar="FILE", help="training instances JSON")
